@@ -1,0 +1,273 @@
+"""The adapter: one OpenAI client and a table of the tasks it runs.
+
+``Adapter`` is a plain async class, testable without Ray; ``OpenAIAdapter`` is the same
+class made a Ray async actor at the edge. Each task is an ``asyncio.Task`` in the table
+and ends in exactly one terminal state; its record is evicted when the result is
+collected, or ``result_ttl_s`` after it finished, so a long run keeps memory flat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import openai
+import ray
+from pydantic import BaseModel, SecretStr
+
+from actors.endpoints import SENDERS, Reply
+from actors.errors import ConfigError, ResultTimeout, TaskNotFound
+from actors.models import DEFAULT_MODEL, TaskError, TaskResult, TaskStatus, Usage, parse_task
+from actors.pricing import PriceTable
+from actors.retry import RetryPolicy, describe_error, is_fatal_quota
+
+log = logging.getLogger(__name__)
+
+AnyTask = Any  # a task model or a dict that validates as one (see actors.models.parse_task)
+MAX_CONCURRENCY = 4096  # calls one actor serves at once: in-flight run()/get_result() waits
+
+
+class AdapterStats(BaseModel):
+    requests: int = 0  # HTTP attempts sent
+    retries: int = 0
+    rate_limited: int = 0  # 429 answers, fatal quota included
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class AdapterInfo(BaseModel):
+    name: str
+    model: str
+    endpoint: str
+    in_flight: int
+    capabilities: list[str]
+
+
+@dataclass
+class _Record:
+    task: Any
+    runner: asyncio.Task[TaskResult] | None = None
+    status: TaskStatus = TaskStatus.PENDING
+    submitted_at: float = field(default_factory=time.monotonic)
+    attempts: int = 0
+    deltas: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
+    streamed: bool = False
+    result: TaskResult | None = None
+    eviction: asyncio.TimerHandle | None = None
+
+
+class Adapter:
+    """Sends tasks to one OpenAI-compatible endpoint with one retry layer and cost accounting."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None = None,
+        api_key: str | SecretStr | None = None,
+        model: str = DEFAULT_MODEL,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        prices: PriceTable | None = None,
+        result_ttl_s: float = 600.0,
+    ) -> None:
+        key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key or os.environ.get("OPENAI_API_KEY", ""))
+        if not key.get_secret_value():
+            raise ConfigError("no API key: pass api_key= or set OPENAI_API_KEY where the adapter runs")
+        self._client = openai.AsyncOpenAI(
+            base_url=base_url or os.environ.get("OPENAI_BASE_URL"),
+            api_key=key.get_secret_value(),
+            max_retries=0,
+            http_client=openai.DefaultAioHttpClient(),
+        )
+        self.name = name or f"adapter-{uuid.uuid4().hex[:8]}"
+        self.model = model
+        self._retry = retry or RetryPolicy()
+        self._prices = prices or PriceTable.default()
+        self._ttl_s = result_ttl_s
+        self._tasks: dict[str, _Record] = {}
+        self._ids = itertools.count()
+        self._stats = AdapterStats()
+
+    def __repr__(self) -> str:
+        return f"Adapter(name={self.name!r}, model={self.model!r}, endpoint={self.endpoint!r})"
+
+    @property
+    def endpoint(self) -> str:
+        """The base URL with any credentials or query string removed."""
+        parts = urlsplit(str(self._client.base_url))
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+    async def submit_task(self, task: AnyTask) -> str:
+        """Validate and start a task; returns its id at once. Invalid tasks raise InvalidTask."""
+        parsed = parse_task(task)
+        if parsed.kind != "embeddings" and "model" not in parsed.model_fields_set:
+            parsed = parsed.model_copy(update={"model": self.model})
+        task_id = f"{self.name}-{next(self._ids)}"
+        record = _Record(task=parsed)
+        self._tasks[task_id] = record
+        record.runner = asyncio.create_task(self._execute(task_id, record), name=task_id)
+        return task_id
+
+    async def get_status(self, task_id: str) -> TaskStatus:
+        return self._record(task_id).status
+
+    async def get_result(self, task_id: str, timeout: float | None = None) -> TaskResult:
+        """Wait for the task and collect its result (the record is then evicted)."""
+        record = self._record(task_id)
+        assert record.runner is not None
+        done, _ = await asyncio.wait({record.runner}, timeout=timeout)
+        if not done:
+            raise ResultTimeout(task_id, timeout or 0.0)
+        self._evict(task_id)
+        assert record.result is not None, "a finished runner always leaves a result"
+        return record.result
+
+    async def stream_result(self, task_id: str) -> AsyncIterator[str | TaskResult]:
+        """Yield text deltas as they arrive, then the final TaskResult with usage and cost.
+
+        A task submitted without ``stream=True`` yields its whole text once it is done.
+        """
+        record = self._record(task_id)
+        while (delta := await record.deltas.get()) is not None:
+            yield delta
+        result = await self.get_result(task_id)
+        if not record.streamed and result.text:
+            yield result.text
+        yield result
+
+    async def cancel_task(self, task_id: str) -> bool:
+        """Cancel the task, closing its HTTP connection. False if it had already finished."""
+        record = self._record(task_id)
+        assert record.runner is not None
+        if record.runner.done():
+            return False
+        record.runner.cancel()
+        await asyncio.wait({record.runner})
+        return record.status is TaskStatus.CANCELLED
+
+    async def run(self, task: AnyTask) -> TaskResult:
+        """Submit and wait in one call, so a driver can hold one ObjectRef per request."""
+        return await self.get_result(await self.submit_task(task))
+
+    async def stats(self) -> AdapterStats:
+        return self._stats.model_copy()
+
+    async def status(self) -> AdapterInfo:
+        return AdapterInfo(
+            name=self.name,
+            model=self.model,
+            endpoint=self.endpoint,
+            in_flight=sum(not record.status.is_terminal for record in self._tasks.values()),
+            capabilities=sorted(SENDERS) + ["cancel", "stream"],
+        )
+
+    async def close(self) -> None:
+        """Cancel what is still running and close the HTTP client."""
+        runners = [record.runner for record in self._tasks.values() if record.runner and not record.runner.done()]
+        for runner in runners:
+            runner.cancel()
+        await asyncio.gather(*runners, return_exceptions=True)
+        await self._client.close()
+
+    def _record(self, task_id: str) -> _Record:
+        try:
+            return self._tasks[task_id]
+        except KeyError:
+            raise TaskNotFound(task_id) from None
+
+    async def _execute(self, task_id: str, record: _Record) -> TaskResult:
+        started = time.monotonic()
+        record.status = TaskStatus.RUNNING
+        try:
+            reply = await self._send_with_retries(task_id, record)
+        except asyncio.CancelledError:
+            self._finish(task_id, record, started, error=TaskError(code="cancelled", message="cancelled by request"))
+            raise
+        except openai.OpenAIError as error:
+            self._finish(task_id, record, started, error=describe_error(error))
+        except Exception as error:  # a bug of ours: recorded with its traceback, never lost
+            log.exception("%s: unexpected error", task_id)
+            self._finish(task_id, record, started, error=TaskError(code="internal_error", message=repr(error)))
+        else:
+            self._finish(task_id, record, started, reply=reply)
+        assert record.result is not None
+        return record.result
+
+    async def _send_with_retries(self, task_id: str, record: _Record) -> Reply:
+        task = record.task
+        send = SENDERS[task.kind]
+
+        def on_delta(text: str) -> None:
+            record.streamed = True
+            record.deltas.put_nowait(text)
+
+        async for attempt in self._retry.retrying(task.custom_id, may_retry=lambda: not record.streamed):
+            with attempt:
+                record.attempts += 1
+                self._stats.requests += 1
+                self._stats.retries += record.attempts > 1
+                try:
+                    return await send(self._client, task, on_delta)
+                except openai.RateLimitError as error:
+                    self._stats.rate_limited += 1
+                    if is_fatal_quota(error):
+                        log.error("%s: insufficient_quota: the account has no credit left; not retrying", task.custom_id)
+                    raise
+        raise AssertionError("tenacity either returns, or re-raises the last error")
+
+    def _finish(
+        self, task_id: str, record: _Record, started: float, *, reply: Reply | None = None, error: TaskError | None = None
+    ) -> None:
+        task = record.task
+        status = TaskStatus.COMPLETED if reply else TaskStatus.CANCELLED if error and error.code == "cancelled" else TaskStatus.FAILED
+        usage = reply.usage if reply else Usage()
+        cost = self._prices.cost(reply.model if reply else task.model, usage) if reply else 0.0
+        record.result = TaskResult(
+            custom_id=task.custom_id,
+            status=status,
+            text=reply.text if reply else None,
+            body=reply.body if reply else None,
+            finish_reason=reply.finish_reason if reply else None,
+            usage=usage,
+            cost_usd=cost,
+            model=reply.model if reply else task.model,
+            attempts=record.attempts,
+            latency_s=time.monotonic() - started,
+            request_id=reply.request_id if reply else None,
+            error=error,
+        )
+        record.status = status
+        record.deltas.put_nowait(None)
+        self._count(record.result)
+        record.eviction = asyncio.get_running_loop().call_later(self._ttl_s, self._evict, task_id)
+
+    def _evict(self, task_id: str) -> None:
+        record = self._tasks.pop(task_id, None)
+        if record is not None and record.eviction is not None:
+            record.eviction.cancel()
+
+    def _count(self, result: TaskResult) -> None:
+        stats = self._stats
+        stats.completed += result.status is TaskStatus.COMPLETED
+        stats.failed += result.status is TaskStatus.FAILED
+        stats.cancelled += result.status is TaskStatus.CANCELLED
+        stats.prompt_tokens += result.usage.prompt_tokens
+        stats.completion_tokens += result.usage.completion_tokens
+        stats.cost_usd += result.cost_usd or 0.0
+
+
+OpenAIAdapter = ray.remote(max_concurrency=MAX_CONCURRENCY)(Adapter)

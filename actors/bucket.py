@@ -1,0 +1,334 @@
+"""Rate budget for one limit scope (endpoint + key + model): RPM and TPM buckets.
+
+Pure and loop-local: no Ray, no I/O. The coordinator actor owns one ``RateBudget`` per
+scope and hands out leases through ``acquire``/``refund``. Time comes from an injected
+clock so tests run on virtual time; waiters are woken by a single ``loop.call_at``
+handle for the head of the queue, never by polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+Clock = Callable[[], float]
+
+# Float drift: amounts this close to the target count as available, and waits this short
+# count as "now", so a wake at the computed time always makes progress.
+_EPS = 1e-9
+
+
+def _check_limit(capacity: float, refill_per_s: float) -> None:
+    if not (capacity > 0 and refill_per_s > 0):
+        raise ValueError(f"limits must be positive, got {capacity=} {refill_per_s=}")
+
+
+def _check_amounts(*amounts: float) -> None:
+    if any(a < 0 for a in amounts):
+        raise ValueError(f"amounts must be non-negative, got {amounts}")
+
+
+class TokenBucket:
+    """One continuously refilled bucket; starts full. The level may go negative (debt)."""
+
+    __slots__ = ("_capacity", "_rate", "_level", "_last", "_clock")
+
+    def __init__(self, capacity: float, refill_per_s: float, *, clock: Clock = time.monotonic) -> None:
+        _check_limit(capacity, refill_per_s)
+        self._capacity = float(capacity)
+        self._rate = float(refill_per_s)
+        self._clock = clock
+        self._level = self._capacity
+        self._last = clock()
+
+    @property
+    def capacity(self) -> float:
+        return self._capacity
+
+    @property
+    def refill_per_s(self) -> float:
+        return self._rate
+
+    def _refill(self) -> None:
+        """Credit the time elapsed since the last look; a clock going backwards is ignored."""
+        now = self._clock()
+        if now > self._last:
+            self._level = min(self._capacity, self._level + (now - self._last) * self._rate)
+            self._last = now
+
+    def level(self) -> float:
+        """Amount available right now (negative while in debt)."""
+        self._refill()
+        return self._level
+
+    def time_until(self, amount: float) -> float:
+        """Seconds until ``amount`` is available; 0 if it is now.
+
+        Amounts above capacity wait for a full bucket (not forever): the caller then
+        takes the whole amount and the bucket goes into debt.
+        """
+        self._refill()
+        need = min(amount, self._capacity) - self._level
+        if need <= _EPS:
+            return 0.0
+        wait = need / self._rate
+        return wait if wait > _EPS else 0.0
+
+    def try_take(self, amount: float) -> bool:
+        """Take ``amount`` if ``time_until(amount)`` is 0, else take nothing."""
+        if self.time_until(amount) > 0:
+            return False
+        self._level -= amount
+        return True
+
+    def take(self, amount: float) -> None:
+        """Take unconditionally; may leave debt (real usage above the estimate)."""
+        self._refill()
+        self._level -= amount
+
+    def give(self, amount: float) -> None:
+        """Refund unused capacity; never fills past capacity."""
+        self._refill()
+        self._level = min(self._capacity, self._level + amount)
+
+    def set_limit(self, capacity: float, refill_per_s: float) -> None:
+        """Change limits keeping the available fraction (full stays full, debt stays debt)."""
+        _check_limit(capacity, refill_per_s)
+        self._refill()
+        self._level = self._level / self._capacity * capacity
+        self._capacity = float(capacity)
+        self._rate = float(refill_per_s)
+
+    def clamp_to(self, level: float) -> None:
+        """Lower the level to at most ``level`` (the server says fewer remain)."""
+        self._refill()
+        self._level = min(self._level, level)
+
+
+@dataclass(eq=False)
+class _Waiter:
+    requests: int
+    tokens: int
+    future: asyncio.Future[None]
+
+
+class RateBudget:
+    """RPM + TPM buckets and a shared 429 pause, granted to waiters in FIFO order.
+
+    ``None`` for a limit means that dimension is unlimited. Only the head of the queue
+    is ever considered, so a large request is never starved by smaller later ones.
+    """
+
+    def __init__(
+        self,
+        *,
+        rpm: float | None,
+        tpm: float | None,
+        clock: Clock = time.monotonic,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self._clock = clock
+        self._loop = loop
+        self._rpm = self._new_bucket(rpm)
+        self._tpm = self._new_bucket(tpm)
+        self._queue: deque[_Waiter] = deque()
+        self._wake: asyncio.TimerHandle | None = None
+        self._paused_until: float | None = None
+        self._granted_requests = 0
+        self._granted_tokens = 0
+        self._refunded_requests = 0
+        self._refunded_tokens = 0
+
+    def _new_bucket(self, per_minute: float | None) -> TokenBucket | None:
+        if per_minute is None:
+            return None
+        return TokenBucket(per_minute, per_minute / 60.0, clock=self._clock)
+
+    # -- granting ---------------------------------------------------------------------
+
+    async def acquire(self, requests: int, tokens: int) -> None:
+        """Wait until ``requests`` and ``tokens`` are granted, behind earlier waiters.
+
+        On cancellation nothing is kept: a grant that raced the cancel is given back.
+        """
+        if self.try_acquire(requests, tokens):
+            return
+        waiter = _Waiter(requests, tokens, self._bind_loop().create_future())
+        self._queue.append(waiter)
+        if self._queue[0] is waiter:
+            self._dispatch()
+        try:
+            await waiter.future
+        except asyncio.CancelledError:
+            self._abandon(waiter)
+            raise
+
+    def try_acquire(self, requests: int, tokens: int) -> bool:
+        """Grant now or not at all; never jumps ahead of queued waiters."""
+        _check_amounts(requests, tokens)
+        if self._queue or self._wait_time(requests, tokens) > 0:
+            return False
+        self._grant(requests, tokens)
+        return True
+
+    def refund(self, requests: int, tokens: int) -> None:
+        """Return capacity granted but not used (e.g. the unused part of a lease)."""
+        _check_amounts(requests, tokens)
+        self._give_back(requests, tokens)
+        self._refunded_requests += requests
+        self._refunded_tokens += tokens
+        self._dispatch()
+
+    def reconcile(self, reserved_tokens: int, used_tokens: int) -> None:
+        """Settle an estimate: refund the surplus, or charge the overrun as debt."""
+        _check_amounts(reserved_tokens, used_tokens)
+        surplus = reserved_tokens - used_tokens
+        if surplus > 0:
+            self._give_back(0, surplus)
+            self._refunded_tokens += surplus
+        elif surplus < 0:
+            if self._tpm is not None:
+                self._tpm.take(-surplus)
+            self._granted_tokens -= surplus
+        self._dispatch()
+
+    # -- server feedback --------------------------------------------------------------
+
+    def pause_until(self, deadline: float) -> None:
+        """Grant nothing before ``deadline`` (clock time); only ever extends a pause."""
+        if self._paused_until is None or deadline > self._paused_until:
+            self._paused_until = deadline
+            self._dispatch()
+
+    @property
+    def paused_until(self) -> float | None:
+        """End of the active pause, or None when not paused."""
+        return self._paused_until if self._pause_left() > 0 else None
+
+    def set_limits(self, rpm: float | None = None, tpm: float | None = None) -> None:
+        """Adopt limits learned from ``x-ratelimit-limit-*``; None leaves a dimension as is."""
+        if rpm is not None:
+            self._rpm = self._updated(self._rpm, rpm)
+        if tpm is not None:
+            self._tpm = self._updated(self._tpm, tpm)
+        self._dispatch()
+
+    def _updated(self, bucket: TokenBucket | None, per_minute: float) -> TokenBucket | None:
+        if bucket is None:
+            return self._new_bucket(per_minute)
+        bucket.set_limit(per_minute, per_minute / 60.0)
+        return bucket
+
+    def observe_remaining(self, requests: int | None, tokens: int | None) -> None:
+        """Trust ``x-ratelimit-remaining-*`` when it is lower than our own estimate."""
+        if requests is not None and self._rpm is not None:
+            self._rpm.clamp_to(requests)
+        if tokens is not None and self._tpm is not None:
+            self._tpm.clamp_to(tokens)
+        self._dispatch()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Point-in-time view for metrics and debugging."""
+        return {
+            "rpm": self._rpm.capacity if self._rpm else None,
+            "tpm": self._tpm.capacity if self._tpm else None,
+            "requests_available": self._rpm.level() if self._rpm else None,
+            "tokens_available": self._tpm.level() if self._tpm else None,
+            "queued": len(self._queue),
+            "paused_until": self.paused_until,
+            "granted_requests": self._granted_requests,
+            "granted_tokens": self._granted_tokens,
+            "refunded_requests": self._refunded_requests,
+            "refunded_tokens": self._refunded_tokens,
+        }
+
+    # -- internals --------------------------------------------------------------------
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        """Pin the budget to the first loop that waits on it; wake handles live there."""
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise RuntimeError("RateBudget is bound to a different event loop")
+        return loop
+
+    def _pause_left(self) -> float:
+        if self._paused_until is None:
+            return 0.0
+        left = self._paused_until - self._clock()
+        if left <= 0:
+            self._paused_until = None
+            return 0.0
+        return left
+
+    def _wait_time(self, requests: int, tokens: int) -> float:
+        """Seconds until both buckets can give the amounts and no pause is active."""
+        wait = self._pause_left()
+        if self._rpm is not None:
+            wait = max(wait, self._rpm.time_until(requests))
+        if self._tpm is not None:
+            wait = max(wait, self._tpm.time_until(tokens))
+        return wait
+
+    def _grant(self, requests: int, tokens: int) -> None:
+        if self._rpm is not None:
+            self._rpm.take(requests)
+        if self._tpm is not None:
+            self._tpm.take(tokens)
+        self._granted_requests += requests
+        self._granted_tokens += tokens
+
+    def _give_back(self, requests: int, tokens: int) -> None:
+        if self._rpm is not None:
+            self._rpm.give(requests)
+        if self._tpm is not None:
+            self._tpm.give(tokens)
+
+    def _abandon(self, waiter: _Waiter) -> None:
+        """Undo a cancelled waiter: leave the queue, or return a grant it never used."""
+        if waiter.future.cancelled():
+            if waiter in self._queue:
+                self._queue.remove(waiter)
+        else:
+            self._give_back(waiter.requests, waiter.tokens)
+            self._granted_requests -= waiter.requests
+            self._granted_tokens -= waiter.tokens
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Grant waiters from the head while possible; schedule one wake for the rest.
+
+        Called after every state change, so the single timer is always for the head's
+        current earliest start; an early wake just recomputes.
+        """
+        self._cancel_wake()
+        while self._queue:
+            head = self._queue[0]
+            if head.future.done():  # cancelled while queued, not yet cleaned up
+                self._queue.popleft()
+                continue
+            wait = self._wait_time(head.requests, head.tokens)
+            if wait > 0:
+                self._schedule_wake(wait)
+                return
+            self._queue.popleft()
+            self._grant(head.requests, head.tokens)
+            head.future.set_result(None)
+
+    def _schedule_wake(self, delay: float) -> None:
+        assert self._loop is not None  # a queued waiter has bound the loop
+        self._wake = self._loop.call_at(self._loop.time() + delay, self._on_wake)
+
+    def _on_wake(self) -> None:
+        self._wake = None
+        self._dispatch()
+
+    def _cancel_wake(self) -> None:
+        if self._wake is not None:
+            self._wake.cancel()
+            self._wake = None

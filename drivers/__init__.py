@@ -1,0 +1,13 @@
+"""Drivers of rayfan: the batch command line and a small library API.
+
+    from drivers import fan_out, start_adapters
+    adapters = start_adapters(4, base_url=None, api_key=None, model="gpt-4o-mini")
+    for task, result in fan_out(tasks, adapters, max_in_flight=512):
+        print(result.custom_id, result.text, result.cost_usd)
+"""
+
+from drivers.batch import BatchOptions, RunSummary, run_batch
+from drivers.cluster import connect, start_adapters
+from drivers.fanout import Dispatcher, fan_out
+
+__all__ = ["BatchOptions", "Dispatcher", "RunSummary", "connect", "fan_out", "run_batch", "start_adapters"]

@@ -1,0 +1,331 @@
+"""The adapter class over real HTTP to the fake server, without Ray."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+
+from actors import Adapter, ChatTask, InvalidTask, ResultTimeout, RetryPolicy, TaskNotFound, TaskStatus, Usage
+from actors.pricing import PriceTable
+from drivers.mock_server import MockServer
+from tests.conftest import TEST_KEY, run
+
+FAST_RETRIES = RetryPolicy(max_attempts=5, min_wait_s=0.01, max_wait_s=0.05)
+
+
+def make_adapter(server: MockServer, **kwargs: object) -> Adapter:
+    kwargs.setdefault("retry", FAST_RETRIES)
+    return Adapter(base_url=server.base_url, api_key=TEST_KEY, **kwargs)  # type: ignore[arg-type]
+
+
+def chat(custom_id: str, prompt: str, **fields: object) -> ChatTask:
+    return ChatTask(custom_id=custom_id, messages=[{"role": "user", "content": prompt}], **fields)  # type: ignore[arg-type]
+
+
+def wait_for_outcome(server: MockServer, outcome: str, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(entry.outcome == outcome for entry in server.requests()):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no request with outcome {outcome!r}: {[e.outcome for e in server.requests()]}")
+
+
+def test_submit_status_result_and_cost(server: MockServer) -> None:
+    async def body() -> None:
+        adapter = make_adapter(server)
+        task_id = await adapter.submit_task(chat("a", "tell me about tides"))
+        assert await adapter.get_status(task_id) in (TaskStatus.PENDING, TaskStatus.RUNNING)
+        result = await adapter.get_result(task_id)
+        await adapter.close()
+        assert result.status is TaskStatus.COMPLETED and result.custom_id == "a"
+        assert result.text and result.text.startswith("Mock reply: tell me about tides")
+        assert result.usage.prompt_tokens > 0 and result.usage.completion_tokens > 0
+        expected = PriceTable.default().models["gpt-4o-mini"].cost(result.usage)
+        assert result.cost_usd == pytest.approx(expected)
+        assert result.cost_usd == pytest.approx(
+            (result.usage.prompt_tokens * 0.15 + result.usage.completion_tokens * 0.60) / 1e6
+        )
+        assert result.attempts == 1 and result.request_id
+        with pytest.raises(TaskNotFound):
+            await adapter.get_status(task_id)  # collected results are evicted
+
+    run(body())
+
+
+def test_constraints_and_passthrough_reach_the_server(server: MockServer) -> None:
+    async def body() -> None:
+        adapter = make_adapter(server, model="gpt-4o")
+        task = chat("c", "one two three four five six seven eight nine ten", max_tokens=3, temperature=0.2, top_p=0.5, seed=7)
+        result = await adapter.run(task)
+        await adapter.close()
+        sent = server.requests()[-1].body
+        assert sent is not None
+        assert sent["max_tokens"] == 3 and sent["temperature"] == 0.2
+        assert sent["top_p"] == 0.5 and sent["seed"] == 7
+        assert sent["model"] == "gpt-4o"  # the adapter's model fills a task that names none
+        assert result.finish_reason == "length" and result.usage.completion_tokens == 3
+
+    run(body())
+
+
+def test_invalid_task_is_rejected_naming_the_field(server: MockServer) -> None:
+    async def body() -> None:
+        adapter = make_adapter(server)
+        with pytest.raises(InvalidTask, match="max_tokens"):
+            await adapter.submit_task({"custom_id": "x", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0})
+        with pytest.raises(InvalidTask, match="messages"):
+            await adapter.submit_task({"custom_id": "x"})
+        await adapter.close()
+        assert server.requests() == []
+
+    run(body())
+
+
+def test_stream_result_yields_deltas_then_usage_and_cost(server: MockServer) -> None:
+    async def body() -> None:
+        adapter = make_adapter(server)
+        plain = await adapter.run(chat("p", "stream this answer please"))
+        task_id = await adapter.submit_task(chat("s", "stream this answer please", stream=True))
+        items = [item async for item in adapter.stream_result(task_id)]
+        await adapter.close()
+        *deltas, final = items
+        assert len(deltas) > 1 and all(isinstance(d, str) for d in deltas)
+        assert "".join(deltas) == plain.text == final.text
+        assert final.usage == plain.usage and final.usage.completion_tokens > 0
+        assert final.cost_usd == pytest.approx(plain.cost_usd)
+        sent = server.requests()[-1].body
+        assert sent is not None and sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
+
+    run(body())
+
+
+def test_stream_result_of_a_plain_task_yields_its_text_once(server: MockServer) -> None:
+    async def body() -> None:
+        adapter = make_adapter(server)
+        task_id = await adapter.submit_task(chat("p", "not streamed"))
+        items = [item async for item in adapter.stream_result(task_id)]
+        await adapter.close()
+        assert len(items) == 2 and items[0] == items[1].text
+
+    run(body())
+
+
+def test_cancel_reaches_the_socket(server: MockServer) -> None:
+    async def body() -> None:
+        adapter = make_adapter(server)
+        task_id = await adapter.submit_task(chat("h", "wait forever [[mock hang]]"))
+        deadline = time.monotonic() + 5
+        while not server.requests() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert await adapter.cancel_task(task_id) is True
+        assert await adapter.get_status(task_id) is TaskStatus.CANCELLED
+        result = await adapter.get_result(task_id)
+        assert result.status is TaskStatus.CANCELLED and result.error and result.error.code == "cancelled"
+        stats = await adapter.stats()
+        await adapter.close()
+        assert stats.cancelled == 1
+
+    run(body())
+    wait_for_outcome(server, "disconnected")
+
+
+def test_cancel_of_a_finished_task_returns_false(server: MockServer) -> None:
+    async def body() -> None:
+        adapter = make_adapter(server)
+        task_id = await adapter.submit_task(chat("f", "quick"))
+        await asyncio.sleep(0)
+        while not (await adapter.get_status(task_id)).is_terminal:
+            await asyncio.sleep(0.01)
+        assert await adapter.cancel_task(task_id) is False
+        assert (await adapter.get_result(task_id)).ok
+        await adapter.close()
+
+    run(body())
+
+
+def test_get_result_timeout_leaves_the_task_running(server: MockServer) -> None:
+    async def body() -> None:
+        adapter = make_adapter(server)
+        task_id = await adapter.submit_task(chat("t", "slow one [[mock latency=0.5]]"))
+        with pytest.raises(ResultTimeout, match="still running"):
+            await adapter.get_result(task_id, timeout=0.05)
+        assert await adapter.get_status(task_id) is TaskStatus.RUNNING
+        result = await adapter.get_result(task_id)
+        await adapter.close()
+        assert result.ok
+
+    run(body())
+
+
+def test_unknown_task_ids_raise_task_not_found(server: MockServer) -> None:
+    async def body() -> None:
+        adapter = make_adapter(server)
+        for call in (adapter.get_status, adapter.get_result, adapter.cancel_task):
+            with pytest.raises(TaskNotFound, match="nope"):
+                await call("nope")
+        with pytest.raises(TaskNotFound):
+            async for _ in adapter.stream_result("nope"):
+                pass
+        await adapter.close()
+
+    run(body())
+
+
+def test_429_then_200_waits_for_retry_after(server: MockServer) -> None:
+    async def body() -> None:
+        adapter = make_adapter(server)
+        result = await adapter.run(chat("r", "busy [[mock status=429 retry_after=0.4 times=1]]"))
+        stats = await adapter.stats()
+        await adapter.close()
+        assert result.ok and result.attempts == 2
+        assert stats.requests == 2 and stats.retries == 1 and stats.rate_limited == 1
+        first, second = server.requests()
+        assert first.outcome == "error:429" and second.outcome == "ok"
+        assert second.received_at - first.received_at >= 0.4
+
+    run(body())
+
+
+def test_retry_after_ms_is_preferred(server: MockServer) -> None:
+    async def body() -> None:
+        adapter = make_adapter(server)
+        result = await adapter.run(chat("r", "busy [[mock status=429 retry_after=30 retry_after_ms=300 times=1]]"))
+        await adapter.close()
+        first, second = server.requests()
+        assert result.ok and 0.3 <= second.received_at - first.received_at < 5
+
+    run(body())
+
+
+def test_insufficient_quota_fails_at_once(server: MockServer, caplog: pytest.LogCaptureFixture) -> None:
+    async def body() -> None:
+        adapter = make_adapter(server)
+        result = await adapter.run(chat("q", "no money [[mock status=429 code=insufficient_quota]]"))
+        await adapter.close()
+        assert result.status is TaskStatus.FAILED and result.attempts == 1
+        assert result.error and result.error.code == "insufficient_quota" and result.error.status_code == 429
+        assert len(server.requests()) == 1
+
+    with caplog.at_level(logging.WARNING):
+        run(body())
+    assert "insufficient_quota" in caplog.text
+
+
+@pytest.mark.parametrize(("status", "code"), [(400, "bad_request"), (401, "authentication_error"), (404, "not_found"), (422, "unprocessable_entity")])
+def test_client_errors_fail_at_once(server: MockServer, status: int, code: str) -> None:
+    async def body() -> None:
+        adapter = make_adapter(server)
+        result = await adapter.run(chat("b", f"bad [[mock status={status}]]"))
+        await adapter.close()
+        assert result.status is TaskStatus.FAILED and result.attempts == 1
+        assert result.error and result.error.code == code and result.error.status_code == status
+
+    run(body())
+    assert len(server.requests()) == 1
+
+
+@pytest.mark.parametrize("directive", ["status=500", "status=503", "status=408", "drop", "invalid_json"])
+def test_transient_failures_are_retried_until_success(server: MockServer, directive: str) -> None:
+    async def body() -> None:
+        adapter = make_adapter(server)
+        result = await adapter.run(chat("t", f"flaky [[mock {directive} times=2]]"))
+        await adapter.close()
+        assert result.ok and result.attempts == 3
+
+    run(body())
+    assert len(server.requests()) == 3
+
+
+def test_five_failed_attempts_end_failed_with_the_last_error(server: MockServer, caplog: pytest.LogCaptureFixture) -> None:
+    async def body() -> None:
+        adapter = make_adapter(server)
+        result = await adapter.run(chat("x", "always down [[mock status=503]]"))
+        await adapter.close()
+        assert result.status is TaskStatus.FAILED and result.attempts == 5
+        assert result.error and result.error.code == "server_error" and result.error.status_code == 503
+
+    with caplog.at_level(logging.WARNING, logger="actors.retry"):
+        run(body())
+    assert len(server.requests()) == 5
+    assert caplog.text.count("retrying in") == 4  # no sleep after the last attempt
+
+
+def test_per_attempt_timeout_is_retried_then_reported(server: MockServer) -> None:
+    async def body() -> None:
+        adapter = make_adapter(server, retry=RetryPolicy(max_attempts=2, min_wait_s=0.01, max_wait_s=0.02))
+        result = await adapter.run(chat("slow", "too slow [[mock hang]]", timeout_s=0.2))
+        await adapter.close()
+        assert result.status is TaskStatus.FAILED and result.attempts == 2
+        assert result.error and result.error.code == "timeout"
+
+    run(body())
+
+
+def test_unknown_model_costs_none_with_a_warning(server: MockServer, caplog: pytest.LogCaptureFixture) -> None:
+    async def body() -> None:
+        adapter = make_adapter(server)
+        result = await adapter.run(chat("m", "hello", model="my-local-llama"))
+        await adapter.close()
+        assert result.ok and result.cost_usd is None and result.usage.prompt_tokens > 0
+
+    with caplog.at_level(logging.WARNING):
+        run(body())
+    assert "my-local-llama" in caplog.text
+
+
+def test_responses_and_embeddings_endpoints(server: MockServer) -> None:
+    async def body() -> None:
+        adapter = make_adapter(server)
+        response = await adapter.run({"kind": "responses", "custom_id": "r", "input": "name three primes", "max_output_tokens": 4})
+        embedding = await adapter.run({"kind": "embeddings", "custom_id": "e", "input": ["a b c", "d e"]})
+        await adapter.close()
+        assert response.ok and response.text and response.usage.completion_tokens == 4
+        assert response.cost_usd == pytest.approx(PriceTable.default().models["gpt-4o-mini"].cost(response.usage))
+        assert embedding.ok and embedding.body and len(embedding.body["data"]) == 2
+        assert embedding.usage == Usage(prompt_tokens=embedding.usage.prompt_tokens) and embedding.usage.prompt_tokens > 0
+        assert embedding.cost_usd == pytest.approx(embedding.usage.prompt_tokens * 0.02 / 1e6)
+        assert [entry.path for entry in server.requests()] == ["/v1/responses", "/v1/embeddings"]
+
+    run(body())
+
+
+def test_stats_and_status(server: MockServer) -> None:
+    async def body() -> None:
+        adapter = make_adapter(server, name="ad-1")
+        ok = await adapter.run(chat("a", "fine"))
+        await adapter.run(chat("b", "broken [[mock status=400]]"))
+        stats = await adapter.stats()
+        info = await adapter.status()
+        await adapter.close()
+        assert (stats.requests, stats.completed, stats.failed, stats.retries) == (2, 1, 1, 0)
+        assert stats.prompt_tokens == ok.usage.prompt_tokens and stats.cost_usd == pytest.approx(ok.cost_usd)
+        assert info.name == "ad-1" and info.model == "gpt-4o-mini" and info.in_flight == 0
+        assert info.endpoint == server.base_url and {"chat", "cancel", "stream"} <= set(info.capabilities)
+
+    run(body())
+
+
+def test_finished_records_are_evicted_after_the_ttl(server: MockServer) -> None:
+    async def body() -> None:
+        adapter = make_adapter(server, result_ttl_s=0.05)
+        task_id = await adapter.submit_task(chat("e", "forget me"))
+        while not (await adapter.get_status(task_id)).is_terminal:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        with pytest.raises(TaskNotFound):
+            await adapter.get_result(task_id)
+        await adapter.close()
+
+    run(body())
+
+
+def test_missing_api_key_is_a_config_error(monkeypatch: pytest.MonkeyPatch, server: MockServer) -> None:
+    from actors import ConfigError
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(ConfigError, match="API key"):
+        Adapter(base_url=server.base_url)

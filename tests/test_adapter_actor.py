@@ -1,0 +1,120 @@
+"""The adapter as a real Ray actor: remote calls, streaming generator, errors across the boundary, secrecy."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+
+import pytest
+import ray
+from pydantic import SecretStr
+from ray.util.state import list_actors, list_tasks
+
+from actors import ChatTask, OpenAIAdapter, ResultTimeout, RetryPolicy, TaskNotFound, TaskResult, TaskStatus
+from drivers.mock_server import MockServer
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+SECRET = "sk-proj-RECOGNIZABLE-7d1f3e9a-SECRET"
+
+
+def chat(custom_id: str, prompt: str, **fields: object) -> ChatTask:
+    return ChatTask(custom_id=custom_id, messages=[{"role": "user", "content": prompt}], **fields)  # type: ignore[arg-type]
+
+
+def test_remote_methods_and_domain_errors(server: MockServer) -> None:
+    adapter = OpenAIAdapter.options(name="adapter-remote-test").remote(base_url=server.base_url, api_key=SecretStr("sk-x"))
+    result = ray.get(adapter.run.remote(chat("a", "hello there")))
+    assert isinstance(result, TaskResult) and result.ok and result.cost_usd
+
+    task_id = ray.get(adapter.submit_task.remote(chat("slow", "slow [[mock latency=0.5]]")))
+    assert ray.get(adapter.get_status.remote(task_id)) in (TaskStatus.PENDING, TaskStatus.RUNNING)
+    with pytest.raises(ResultTimeout):
+        ray.get(adapter.get_result.remote(task_id, timeout=0.05))
+    assert ray.get(adapter.get_result.remote(task_id)).ok
+    with pytest.raises(TaskNotFound):
+        ray.get(adapter.get_status.remote("missing"))
+
+    stats = ray.get(adapter.stats.remote())
+    assert stats.completed == 2 and stats.requests == 2
+    ray.kill(adapter)
+
+
+def test_stream_result_is_a_ray_streaming_generator(server: MockServer) -> None:
+    adapter = OpenAIAdapter.remote(base_url=server.base_url, api_key=SecretStr("sk-x"))
+    task_id = ray.get(adapter.submit_task.remote(chat("s", "stream me a reply now", stream=True)))
+    items = [ray.get(ref) for ref in adapter.stream_result.remote(task_id)]
+    *deltas, final = items
+    assert len(deltas) > 1 and "".join(deltas) == final.text
+    assert final.usage.completion_tokens > 0 and final.cost_usd is not None
+    ray.kill(adapter)
+
+
+def test_many_concurrent_requests_on_one_actor(server: MockServer) -> None:
+    server.configure(latency_s=0.2)
+    adapter = OpenAIAdapter.remote(base_url=server.base_url, api_key=SecretStr("sk-x"))
+    results = ray.get([adapter.run.remote(chat(f"c{i}", f"prompt {i}")) for i in range(200)])
+    assert sorted(r.custom_id for r in results) == sorted(f"c{i}" for i in range(200))
+    assert all(r.ok for r in results)
+    ray.kill(adapter)
+
+
+def test_api_key_appears_nowhere(server: MockServer, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> None:
+    """A recognizable key is used for good and bad requests; it must reach the server and nothing else."""
+    fast = RetryPolicy(max_attempts=2, min_wait_s=0.01, max_wait_s=0.02)
+    adapter = OpenAIAdapter.options(name="adapter-secret-test").remote(
+        base_url=server.base_url, api_key=SecretStr(SECRET), retry=fast
+    )
+    with caplog.at_level(logging.DEBUG):
+        results = ray.get(
+            [
+                adapter.run.remote(chat("ok", "fine")),
+                adapter.run.remote(chat("auth", "who are you [[mock status=401]]")),
+                adapter.run.remote(chat("busy", "busy [[mock status=429 retry_after=0]]")),
+                adapter.run.remote(chat("drop", "gone [[mock drop]]")),
+            ]
+        )
+        with pytest.raises(TaskNotFound) as missing:
+            ray.get(adapter.get_result.remote("missing"))
+        status = ray.get(adapter.status.remote())
+        stats = ray.get(adapter.stats.remote())
+        adapter_repr = repr(adapter)
+    actors = list_actors(detail=True)
+    tasks = list_tasks(detail=True)
+    ray.kill(adapter)
+    assert any(entry.authorization == f"Bearer {SECRET}" for entry in server.requests()), "the key must reach the server"
+    captured = capfd.readouterr()
+    haystack = "\n".join(
+        [
+            caplog.text,
+            captured.out,
+            captured.err,
+            json.dumps([r.model_dump(mode="json") for r in results]),
+            str(missing.value),
+            repr(missing.value),
+            status.model_dump_json(),
+            stats.model_dump_json(),
+            adapter_repr,
+            str(actors),
+            str(tasks),
+            _ray_list_cli(),
+        ]
+    )
+    assert "Bearer" not in haystack and "RECOGNIZABLE" not in haystack
+    assert any(r.error and r.error.code == "authentication_error" for r in results)
+
+
+def _ray_list_cli() -> str:
+    """What an operator sees with ``ray list actors --detail``."""
+    address = ray.get_runtime_context().gcs_address
+    completed = subprocess.run(
+        [sys.executable, "-m", "ray.scripts.scripts", "list", "actors", "--detail", "--address", address],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "adapter-secret-test" in completed.stdout, completed.stderr[-2000:]
+    return completed.stdout + completed.stderr

@@ -1,0 +1,598 @@
+"""Tests for actors.bucket on virtual time: nothing here really sleeps.
+
+``VirtualTimeLoop`` is a selector event loop whose ``time()`` reads a ``VirtualClock``.
+Its selector never blocks: when the loop would wait for the next timer it advances the
+clock by exactly that timeout instead, so timers fire "on time" instantly. The same clock
+is handed to the budget, so clock time and loop time agree. If the loop would block with
+nothing scheduled (a waiter nobody will ever wake), or keeps waking far past any test's
+horizon (a waiter that can never be satisfied), the selector raises instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+
+from actors.bucket import RateBudget, TokenBucket
+
+T = TypeVar("T")
+START = 1000.0  # non-zero so code that assumes the clock starts at 0 fails
+MAX_VIRTUAL_S = 3600.0  # no test needs more; beyond it a wake loop is running away
+MAX_JUMPS = 1000
+
+
+class VirtualClock:
+    """Callable clock; ``jumps`` counts how often the loop slept (to catch polling)."""
+
+    def __init__(self, start: float = START) -> None:
+        self.now = start
+        self.jumps = 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        assert seconds >= 0
+        self.now += seconds
+
+
+class _VirtualSelector(selectors.DefaultSelector):
+    def __init__(self, clock: VirtualClock) -> None:
+        super().__init__()
+        self._clock = clock
+
+    def select(self, timeout: float | None = None) -> list[Any]:
+        events = super().select(0)  # still serve the loop's self-pipe, without blocking
+        if events or timeout == 0:
+            return events
+        if timeout is None:
+            raise RuntimeError("deadlock: loop would block with no timer scheduled")
+        self._clock.advance(timeout)
+        self._clock.jumps += 1
+        if self._clock.now - START > MAX_VIRTUAL_S or self._clock.jumps > MAX_JUMPS:
+            raise RuntimeError("runaway: waiter never satisfied on virtual time")
+        return []
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    def __init__(self, clock: VirtualClock) -> None:
+        self.clock = clock
+        super().__init__(_VirtualSelector(clock))
+
+    def time(self) -> float:
+        return self.clock.now
+
+
+@pytest.fixture
+def loop() -> Iterator[VirtualTimeLoop]:
+    lp = VirtualTimeLoop(VirtualClock())
+    yield lp
+    lp.run_until_complete(lp.shutdown_asyncgens())
+    lp.close()
+
+
+@pytest.fixture
+def clock(loop: VirtualTimeLoop) -> VirtualClock:
+    return loop.clock
+
+
+def run(loop: VirtualTimeLoop, main: Callable[[], Awaitable[T]]) -> T:
+    return loop.run_until_complete(main())
+
+
+async def finish_time(budget: RateBudget, clock: VirtualClock, requests: int, tokens: int) -> float:
+    """Acquire and report when (relative to START) it was granted."""
+    await budget.acquire(requests, tokens)
+    return clock() - START
+
+
+def at(seconds: float) -> Any:
+    return pytest.approx(seconds, abs=1e-9)
+
+
+# -- TokenBucket ----------------------------------------------------------------------
+
+
+def test_bucket_starts_full_and_bursts_to_capacity() -> None:
+    clock = VirtualClock()
+    b = TokenBucket(10, 1, clock=clock)
+    assert b.level() == 10
+    for _ in range(10):
+        assert b.try_take(1)
+    assert not b.try_take(1)
+    assert b.level() == at(0)
+
+
+def test_bucket_refills_continuously_and_caps_at_capacity() -> None:
+    clock = VirtualClock()
+    b = TokenBucket(10, 2, clock=clock)
+    b.take(10)
+    clock.advance(1.5)
+    assert b.level() == at(3)
+    clock.advance(100)
+    assert b.level() == at(10)
+
+
+def test_try_take_fails_without_taking_anything() -> None:
+    clock = VirtualClock()
+    b = TokenBucket(10, 1, clock=clock)
+    b.take(7)
+    assert not b.try_take(4)
+    assert b.level() == at(3)
+    assert b.try_take(3)
+    assert b.level() == at(0)
+
+
+def test_take_creates_debt_then_recovers() -> None:
+    clock = VirtualClock()
+    b = TokenBucket(10, 1, clock=clock)
+    b.take(15)
+    assert b.level() == at(-5)
+    assert b.time_until(1) == at(6)
+    clock.advance(5)
+    assert b.level() == at(0)
+    assert not b.try_take(1)
+    clock.advance(1)
+    assert b.try_take(1)
+
+
+def test_give_is_clamped_to_capacity() -> None:
+    clock = VirtualClock()
+    b = TokenBucket(10, 1, clock=clock)
+    b.take(4)
+    b.give(3)
+    assert b.level() == at(9)
+    b.give(100)
+    assert b.level() == at(10)
+
+
+def test_time_until() -> None:
+    clock = VirtualClock()
+    b = TokenBucket(100, 10, clock=clock)
+    assert b.time_until(100) == 0
+    b.take(100)
+    assert b.time_until(0) == 0
+    assert b.time_until(25) == at(2.5)
+    assert b.time_until(1000) == at(10)  # clamped to capacity: runs once full
+    clock.advance(10)
+    assert b.try_take(1000)  # huge amount runs on a full bucket and leaves debt
+    assert b.level() == at(-900)
+
+
+def test_set_limit_keeps_fraction_and_changes_rate() -> None:
+    clock = VirtualClock()
+    b = TokenBucket(60, 1, clock=clock)
+    b.take(45)
+    b.set_limit(240, 4)
+    assert (b.capacity, b.refill_per_s) == (240, 4)
+    assert b.level() == at(60)  # 15/60 full -> 60/240 full
+    clock.advance(1)
+    assert b.level() == at(64)
+
+
+def test_set_limit_credits_elapsed_time_at_the_old_rate() -> None:
+    clock = VirtualClock()
+    b = TokenBucket(60, 1, clock=clock)
+    b.take(60)
+    clock.advance(30)
+    b.set_limit(120, 100)
+    assert b.level() == at(60)  # 30/60 at the old rate, not 3000 at the new one
+
+
+def test_clamp_to_only_lowers() -> None:
+    clock = VirtualClock()
+    b = TokenBucket(100, 1, clock=clock)
+    b.clamp_to(30)
+    assert b.level() == at(30)
+    b.clamp_to(80)
+    assert b.level() == at(30)
+    clock.advance(5)
+    assert b.level() == at(35)
+
+
+def test_bucket_rejects_bad_limits() -> None:
+    with pytest.raises(ValueError):
+        TokenBucket(0, 1)
+    with pytest.raises(ValueError):
+        TokenBucket(10, 0)
+
+
+# -- RateBudget: granting -------------------------------------------------------------
+
+
+def test_acquire_is_immediate_while_capacity_lasts(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=60, tpm=6000, clock=clock)
+
+    async def main() -> None:
+        for _ in range(60):
+            await budget.acquire(1, 100)
+        assert clock() == START
+        assert clock.jumps == 0
+
+    run(loop, main)
+    assert budget.snapshot()["requests_available"] == at(0)
+    assert budget.snapshot()["tokens_available"] == at(0)
+
+
+def test_61st_request_waits_exactly_one_second(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=60, tpm=None, clock=clock)
+
+    async def main() -> float:
+        for _ in range(60):
+            await budget.acquire(1, 0)
+        return await finish_time(budget, clock, 1, 0)
+
+    assert run(loop, main) == at(1.0)
+
+
+def test_tokens_wait_for_the_tpm_bucket(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=1000, tpm=600, clock=clock)  # 10 tokens/s
+
+    async def main() -> float:
+        await budget.acquire(1, 600)
+        return await finish_time(budget, clock, 1, 250)
+
+    assert run(loop, main) == at(25.0)
+
+
+def test_waiting_is_timer_driven_not_polled(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=None, tpm=60, clock=clock)  # 1 token/s
+
+    async def main() -> float:
+        await budget.acquire(0, 60)
+        return await finish_time(budget, clock, 0, 50)
+
+    assert run(loop, main) == at(50.0)
+    assert clock.jumps == 1  # one call_at wake, no sleep loop
+
+
+def test_fifo_big_request_not_starved_by_later_small_ones(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=None, tpm=600, clock=clock)  # 10 tokens/s
+    order: list[str] = []
+
+    async def waiter(name: str, tokens: int) -> float:
+        t = await finish_time(budget, clock, 1, tokens)
+        order.append(name)
+        return t
+
+    async def main() -> list[float]:
+        await budget.acquire(1, 600)
+        big = asyncio.create_task(waiter("big", 500))
+        await asyncio.sleep(0)
+        smalls = [asyncio.create_task(waiter(f"small{i}", 10)) for i in range(3)]
+        await asyncio.sleep(0)
+        assert not budget.try_acquire(0, 0)  # nothing jumps the queue
+        await asyncio.sleep(1)
+        budget.refund(0, 100)  # 110 available: enough for every small one, not for big
+        return list(await asyncio.gather(big, *smalls))
+
+    times = run(loop, main)
+    assert order == ["big", "small0", "small1", "small2"]
+    assert times == [at(40), at(41), at(42), at(43)]  # big at (500 - 110) / 10 + 1 s
+
+
+def test_waiters_behind_a_ready_head_are_granted_together(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=60, tpm=None, clock=clock)
+
+    async def main() -> list[float]:
+        await budget.acquire(60, 0)
+        tasks = [asyncio.create_task(finish_time(budget, clock, 1, 0)) for _ in range(3)]
+        await asyncio.sleep(0)
+        budget.refund(3, 0)
+        return list(await asyncio.gather(*tasks))
+
+    assert run(loop, main) == [0, 0, 0]
+    assert clock.jumps == 0
+
+
+def test_cancelled_head_waiter_frees_the_queue(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=None, tpm=600, clock=clock)  # 10 tokens/s
+
+    async def main() -> float:
+        await budget.acquire(1, 600)
+        big = asyncio.create_task(budget.acquire(1, 500))
+        await asyncio.sleep(0)
+        small = asyncio.create_task(finish_time(budget, clock, 1, 10))
+        await asyncio.sleep(1)
+        big.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await big
+        t = await small
+        assert budget.snapshot()["queued"] == 0
+        return t
+
+    assert run(loop, main) == at(1.0)
+    snap = budget.snapshot()
+    assert snap["tokens_available"] == at(0)
+    assert snap["granted_tokens"] == 610
+
+
+def test_cancel_racing_a_grant_returns_the_capacity(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=60, tpm=600, clock=clock)
+
+    async def main() -> None:
+        await budget.acquire(60, 600)
+        task = asyncio.create_task(budget.acquire(5, 200))
+        await asyncio.sleep(0)
+        budget.refund(10, 300)  # grants the waiter synchronously...
+        assert budget.snapshot()["queued"] == 0
+        task.cancel()  # ...but it is cancelled before it resumes
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(loop, main)
+    snap = budget.snapshot()
+    assert snap["requests_available"] == at(10)
+    assert snap["tokens_available"] == at(300)
+    assert (snap["granted_requests"], snap["granted_tokens"]) == (60, 600)
+
+
+def test_cancelled_middle_waiter_is_skipped(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=60, tpm=None, clock=clock)
+
+    async def main() -> tuple[float, float]:
+        await budget.acquire(60, 0)
+        first = asyncio.create_task(finish_time(budget, clock, 1, 0))
+        middle = asyncio.create_task(budget.acquire(1, 0))
+        last = asyncio.create_task(finish_time(budget, clock, 1, 0))
+        await asyncio.sleep(0)
+        middle.cancel()
+        await asyncio.gather(middle, return_exceptions=True)
+        return await first, await last
+
+    assert run(loop, main) == (at(1), at(2))
+
+
+def test_try_acquire(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=60, tpm=600, clock=clock)
+    assert budget.try_acquire(10, 100)
+    assert not budget.try_acquire(1, 501)  # tpm short: nothing taken from rpm either
+    snap = budget.snapshot()
+    assert (snap["requests_available"], snap["tokens_available"]) == (at(50), at(500))
+    budget.pause_until(START + 1)
+    assert not budget.try_acquire(1, 1)
+    clock.advance(1)
+    assert budget.try_acquire(1, 1)
+
+
+def test_try_acquire_does_not_jump_queued_waiters(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=None, tpm=600, clock=clock)
+
+    async def main() -> None:
+        await budget.acquire(0, 600)
+        task = asyncio.create_task(budget.acquire(0, 100))
+        await asyncio.sleep(5)  # 50 tokens available, head still needs 100
+        assert budget.snapshot()["tokens_available"] == at(50)
+        assert not budget.try_acquire(0, 10)
+        await task
+
+    run(loop, main)
+    assert clock() - START == at(10)
+
+
+def test_negative_amounts_rejected() -> None:
+    budget = RateBudget(rpm=60, tpm=600)
+    with pytest.raises(ValueError):
+        budget.try_acquire(-1, 0)
+    with pytest.raises(ValueError):
+        budget.refund(0, -5)
+
+
+# -- RateBudget: settling -------------------------------------------------------------
+
+
+def test_reconcile_refunds_surplus_and_charges_debt(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=None, tpm=600, clock=clock)  # 10 tokens/s
+    assert budget.try_acquire(1, 300)
+    budget.reconcile(300, 100)
+    assert budget.snapshot()["tokens_available"] == at(500)
+    assert budget.try_acquire(1, 500)
+    budget.reconcile(500, 700)  # used 200 more than estimated
+    snap = budget.snapshot()
+    assert snap["tokens_available"] == at(-200)
+    assert (snap["granted_tokens"], snap["refunded_tokens"]) == (1000, 200)
+
+    async def main() -> float:
+        return await finish_time(budget, clock, 1, 100)
+
+    assert run(loop, main) == at(30.0)  # repay 200 of debt, then 100 more
+
+
+def test_reconcile_surplus_wakes_a_waiter(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=None, tpm=600, clock=clock)
+
+    async def main() -> float:
+        await budget.acquire(1, 600)
+        task = asyncio.create_task(finish_time(budget, clock, 1, 400))
+        await asyncio.sleep(2)  # 20 tokens refilled
+        budget.reconcile(600, 200)
+        return await task
+
+    assert run(loop, main) == at(2.0)
+
+
+def test_refund_returns_unused_lease_and_wakes_waiter(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=60, tpm=60_000, clock=clock)
+
+    async def main() -> float:
+        await budget.acquire(60, 20_000)  # a lease
+        task = asyncio.create_task(finish_time(budget, clock, 5, 1000))
+        await asyncio.sleep(0.5)
+        budget.refund(5, 5000)  # 0.5 + 5 requests >= 5
+        return await task
+
+    assert run(loop, main) == at(0.5)
+    snap = budget.snapshot()
+    assert (snap["refunded_requests"], snap["refunded_tokens"]) == (5, 5000)
+    assert snap["requests_available"] == at(0.5)
+    assert snap["tokens_available"] == at(60_000 - 20_000 + 500 + 5000 - 1000)
+
+
+# -- RateBudget: server feedback ------------------------------------------------------
+
+
+def test_pause_blocks_until_deadline_even_with_capacity(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=60, tpm=None, clock=clock)
+    budget.pause_until(START + 5)
+    assert budget.paused_until == START + 5
+
+    async def main() -> float:
+        return await finish_time(budget, clock, 1, 0)
+
+    assert run(loop, main) == at(5.0)
+    assert budget.paused_until is None
+
+
+def test_shorter_pause_never_shortens_later_one_extends(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=60, tpm=None, clock=clock)
+
+    async def main() -> float:
+        budget.pause_until(START + 5)
+        task = asyncio.create_task(finish_time(budget, clock, 1, 0))
+        await asyncio.sleep(1)
+        budget.pause_until(START + 2)
+        assert budget.paused_until == START + 5
+        await asyncio.sleep(2)
+        budget.pause_until(START + 8)
+        assert budget.paused_until == START + 8
+        return await task
+
+    assert run(loop, main) == at(8.0)
+
+
+def test_pause_ending_before_refill_waits_for_the_bucket(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=60, tpm=None, clock=clock)
+
+    async def main() -> float:
+        await budget.acquire(60, 0)
+        budget.pause_until(START + 2)
+        return await finish_time(budget, clock, 7, 0)
+
+    assert run(loop, main) == at(7.0)
+
+
+def test_observe_remaining_clamps_down_only(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=60, tpm=600, clock=clock)
+    budget.observe_remaining(requests=100, tokens=5000)  # more than we think: ignored
+    snap = budget.snapshot()
+    assert (snap["requests_available"], snap["tokens_available"]) == (at(60), at(600))
+    budget.observe_remaining(requests=None, tokens=100)
+    snap = budget.snapshot()
+    assert (snap["requests_available"], snap["tokens_available"]) == (at(60), at(100))
+
+    async def main() -> float:
+        return await finish_time(budget, clock, 1, 200)
+
+    assert run(loop, main) == at(10.0)
+
+
+def test_observe_remaining_while_waiting_delays_the_wake(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=60, tpm=None, clock=clock)
+
+    async def main() -> float:
+        await budget.acquire(55, 0)
+        task = asyncio.create_task(finish_time(budget, clock, 10, 0))  # ready at 5 s
+        await asyncio.sleep(1)
+        budget.observe_remaining(requests=0, tokens=None)  # server: none left at 1 s
+        return await task
+
+    assert run(loop, main) == at(11.0)
+    assert clock.jumps == 2  # the sleep, then one wake rescheduled to 11 s (not 5 s)
+
+
+def test_set_limits_raise_wakes_waiter_early(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=60, tpm=None, clock=clock)
+
+    async def main() -> float:
+        await budget.acquire(60, 0)
+        task = asyncio.create_task(finish_time(budget, clock, 1, 0))  # 1 s at 60 rpm
+        await asyncio.sleep(0.25)
+        budget.set_limits(rpm=240)  # 0.25/60 full -> 1/240 full
+        return await task
+
+    assert run(loop, main) == at(0.25)
+    assert budget.snapshot()["rpm"] == 240
+
+
+def test_set_limits_none_keeps_and_new_dimension_starts_limited(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=60, tpm=None, clock=clock)
+    budget.set_limits(tpm=600)
+    snap = budget.snapshot()
+    assert (snap["rpm"], snap["tpm"], snap["tokens_available"]) == (60, 600, at(600))
+    assert budget.try_acquire(1, 600)
+    assert not budget.try_acquire(1, 1)
+
+
+def test_unlimited_dimensions(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=None, tpm=None, clock=clock)
+
+    async def main() -> None:
+        for _ in range(1000):
+            await budget.acquire(10, 1_000_000)
+        budget.reconcile(10, 1_000_000)  # debt on an unlimited dimension is a no-op
+
+    run(loop, main)
+    assert clock() == START
+    snap = budget.snapshot()
+    assert (snap["rpm"], snap["tpm"], snap["requests_available"], snap["tokens_available"]) == (None,) * 4
+    assert snap["granted_requests"] == 10_000
+
+
+def test_request_above_capacity_runs_when_full_and_leaves_debt(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=None, tpm=600, clock=clock)
+
+    async def main() -> tuple[float, float]:
+        await budget.acquire(0, 300)
+        huge = await finish_time(budget, clock, 0, 1000)  # waits for a full bucket
+        after = await finish_time(budget, clock, 0, 10)  # then repays 400 of debt
+        return huge, after
+
+    assert run(loop, main) == (at(30), at(30 + 41))
+
+
+def test_snapshot_fields(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=60, tpm=600, clock=clock)
+
+    async def main() -> dict[str, Any]:
+        await budget.acquire(60, 100)
+        task = asyncio.create_task(budget.acquire(1, 1))
+        await asyncio.sleep(0)
+        budget.refund(0, 50)
+        budget.pause_until(START + 3)
+        snap = budget.snapshot()
+        await task
+        return snap
+
+    assert run(loop, main) == {
+        "rpm": 60,
+        "tpm": 600,
+        "requests_available": at(0),
+        "tokens_available": at(550),
+        "queued": 1,
+        "paused_until": START + 3,
+        "granted_requests": 60,
+        "granted_tokens": 100,
+        "refunded_requests": 0,
+        "refunded_tokens": 50,
+    }
+    assert clock() - START == at(3)
+
+
+def test_budget_is_loop_local(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=60, tpm=None, clock=clock)
+
+    async def wait_once() -> None:
+        budget.pause_until(clock() + 1)
+        await budget.acquire(1, 0)
+
+    run(loop, wait_once)
+    other = VirtualTimeLoop(clock)
+    try:
+        with pytest.raises(RuntimeError, match="different event loop"):
+            other.run_until_complete(wait_once())
+    finally:
+        other.close()
