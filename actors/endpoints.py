@@ -1,7 +1,10 @@
-"""One function per OpenAI endpoint: turn a task into a client call and the answer into a Reply.
+"""One function per OpenAI endpoint: turn a task into a request and the answer into a Reply.
 
-Every call goes through ``with_raw_response`` so the adapter sees the response headers
-(request id, ``x-ratelimit-*``) as well as the parsed body.
+Plain (non-streamed) requests go through the client's low-level ``post`` with the body
+rayfan already holds, and the JSON answer is read as a dict: the SDK's parameter
+transform and model construction cost more CPU than the HTTP itself, and the Batch
+output wants the body as JSON anyway. Status and connection errors are still the SDK's
+own exceptions. Streamed chat uses the SDK's typed streaming.
 """
 
 from __future__ import annotations
@@ -10,11 +13,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from openai import NOT_GIVEN, AsyncOpenAI
+import httpx2
+from openai import AsyncOpenAI
 
 from actors.models import ChatTask, EmbeddingTask, ResponsesTask, Usage
 
 OnDelta = Callable[[str], None]
+AnyTask = ChatTask | ResponsesTask | EmbeddingTask
 
 
 @dataclass(frozen=True)
@@ -28,46 +33,45 @@ class Reply:
     body: dict[str, Any] | None = None  # the server's JSON, kept for Batch-API-shaped output
 
 
-def _given(value: Any) -> Any:
-    return NOT_GIVEN if value is None else value
+def request_body(task: AnyTask) -> dict[str, Any]:
+    """The JSON body the server receives: the task's fields minus rayfan's own."""
+    body = task.model_dump(exclude_none=True, exclude={"custom_id", "kind", "timeout_s", "metadata", "stream"})
+    if task.kind == "embeddings":
+        body.setdefault("encoding_format", "float")
+    return body
 
 
-def _timeout(task: ChatTask | ResponsesTask | EmbeddingTask) -> Any:
-    return _given(task.timeout_s)
-
-
-def _chat_params(task: ChatTask) -> dict[str, Any]:
-    return {
-        "model": task.model,
-        "messages": task.messages,
-        "max_tokens": _given(task.max_tokens),
-        "max_completion_tokens": _given(task.max_completion_tokens),
-        "temperature": _given(task.temperature),
-        "extra_body": task.passthrough or None,
-        "timeout": _timeout(task),
-    }
+async def _post(client: AsyncOpenAI, path: str, task: AnyTask) -> httpx2.Response:
+    options: dict[str, Any] = {} if task.timeout_s is None else {"timeout": task.timeout_s}
+    return await client.post(path, cast_to=httpx2.Response, body=request_body(task), options=options)  # type: ignore[arg-type]
 
 
 async def send_chat(client: AsyncOpenAI, task: ChatTask, on_delta: OnDelta) -> Reply:
     if task.stream:
         return await _stream_chat(client, task, on_delta)
-    raw = await client.chat.completions.with_raw_response.create(**_chat_params(task))
-    completion = raw.parse()
-    choice = completion.choices[0] if completion.choices else None
+    response = await _post(client, "/chat/completions", task)
+    body = response.json()
+    choice = body["choices"][0] if body.get("choices") else {}
+    usage = body.get("usage") or {}
     return Reply(
-        text=choice.message.content if choice else None,
-        finish_reason=choice.finish_reason if choice else None,
-        usage=_chat_usage(completion.usage),
-        model=completion.model,
-        request_id=raw.headers.get("x-request-id"),
-        headers=raw.headers,
-        body=completion.to_dict(),
+        text=(choice.get("message") or {}).get("content"),
+        finish_reason=choice.get("finish_reason"),
+        usage=Usage(
+            prompt_tokens=usage.get("prompt_tokens", 0),
+            completion_tokens=usage.get("completion_tokens", 0),
+            cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0,
+        ),
+        model=body.get("model", task.model),
+        request_id=response.headers.get("x-request-id"),
+        headers=response.headers,
+        body=body,
     )
 
 
 async def _stream_chat(client: AsyncOpenAI, task: ChatTask, on_delta: OnDelta) -> Reply:
+    options = {} if task.timeout_s is None else {"timeout": task.timeout_s}
     raw = await client.chat.completions.with_raw_response.create(
-        **_chat_params(task), stream=True, stream_options={"include_usage": True}
+        **request_body(task), stream=True, stream_options={"include_usage": True}, **options
     )
     parts: list[str] = []
     finish_reason = None
@@ -77,7 +81,12 @@ async def _stream_chat(client: AsyncOpenAI, task: ChatTask, on_delta: OnDelta) -
         async for chunk in stream:
             model = chunk.model or model
             if chunk.usage is not None:
-                usage = _chat_usage(chunk.usage)
+                details = chunk.usage.prompt_tokens_details
+                usage = Usage(
+                    prompt_tokens=chunk.usage.prompt_tokens,
+                    completion_tokens=chunk.usage.completion_tokens,
+                    cached_tokens=(details.cached_tokens or 0) if details else 0,
+                )
             for choice in chunk.choices:
                 if choice.delta.content:
                     parts.append(choice.delta.content)
@@ -94,60 +103,46 @@ async def _stream_chat(client: AsyncOpenAI, task: ChatTask, on_delta: OnDelta) -
 
 
 async def send_responses(client: AsyncOpenAI, task: ResponsesTask, on_delta: OnDelta) -> Reply:
-    raw = await client.responses.with_raw_response.create(
-        model=task.model,
-        input=task.input,  # type: ignore[arg-type]
-        max_output_tokens=_given(task.max_output_tokens),
-        temperature=_given(task.temperature),
-        extra_body=task.passthrough or None,
-        timeout=_timeout(task),
-    )
-    response = raw.parse()
-    usage = response.usage
-    details = usage.input_tokens_details if usage else None
+    response = await _post(client, "/responses", task)
+    body = response.json()
+    usage = body.get("usage") or {}
     return Reply(
-        text=response.output_text,
-        finish_reason=response.status,
+        text=_output_text(body),
+        finish_reason=body.get("status"),
         usage=Usage(
-            prompt_tokens=usage.input_tokens if usage else 0,
-            completion_tokens=usage.output_tokens if usage else 0,
-            cached_tokens=(details.cached_tokens or 0) if details else 0,
+            prompt_tokens=usage.get("input_tokens", 0),
+            completion_tokens=usage.get("output_tokens", 0),
+            cached_tokens=(usage.get("input_tokens_details") or {}).get("cached_tokens") or 0,
         ),
-        model=response.model,
-        request_id=raw.headers.get("x-request-id"),
-        headers=raw.headers,
-        body=response.to_dict(),
+        model=body.get("model", task.model),
+        request_id=response.headers.get("x-request-id"),
+        headers=response.headers,
+        body=body,
+    )
+
+
+def _output_text(body: dict[str, Any]) -> str:
+    """What the SDK's ``Response.output_text`` gives: every output_text part, joined."""
+    return "".join(
+        part.get("text", "")
+        for item in body.get("output") or []
+        if item.get("type") == "message"
+        for part in item.get("content") or []
+        if part.get("type") == "output_text"
     )
 
 
 async def send_embeddings(client: AsyncOpenAI, task: EmbeddingTask, on_delta: OnDelta) -> Reply:
-    raw = await client.embeddings.with_raw_response.create(
-        model=task.model,
-        input=task.input,
-        encoding_format="float",
-        extra_body=task.passthrough or None,
-        timeout=_timeout(task),
-    )
-    response = raw.parse()
+    response = await _post(client, "/embeddings", task)
+    body = response.json()
     return Reply(
         text=None,
         finish_reason=None,
-        usage=Usage(prompt_tokens=response.usage.prompt_tokens),
-        model=response.model,
-        request_id=raw.headers.get("x-request-id"),
-        headers=raw.headers,
-        body=response.to_dict(),
-    )
-
-
-def _chat_usage(usage: Any) -> Usage:
-    if usage is None:
-        return Usage()
-    details = getattr(usage, "prompt_tokens_details", None)
-    return Usage(
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        cached_tokens=(getattr(details, "cached_tokens", None) or 0) if details else 0,
+        usage=Usage(prompt_tokens=(body.get("usage") or {}).get("prompt_tokens", 0)),
+        model=body.get("model", task.model),
+        request_id=response.headers.get("x-request-id"),
+        headers=response.headers,
+        body=body,
     )
 
 

@@ -1,8 +1,11 @@
-"""Spread tasks over adapter actors with a bounded window of ObjectRefs.
+"""Spread tasks over adapter actors with a bounded window of requests in flight.
 
 Only ``max_in_flight`` requests are ever held; ``ray.wait`` hands back whichever finish
 first, so results stream out in completion order and memory stays flat however long the
-input is. An adapter that dies turns its in-flight requests into error results.
+input is. Tasks travel in small batches (one actor call, one ObjectRef for several
+requests) because an actor call costs more CPU than the HTTP request it carries; a batch
+is sent when full or as soon as the dispatcher waits, so nothing sits in a buffer while
+the window has room. An adapter that dies turns its requests into error results.
 """
 
 from __future__ import annotations
@@ -17,34 +20,46 @@ from ray.exceptions import RayActorError, RayTaskError
 from actors.models import TaskError, TaskResult, TaskStatus, parse_task
 
 Item = TypeVar("Item")
+MAX_BATCH = 64
+
+
+def batch_size_for(max_in_flight: int, adapters: int) -> int:
+    """Batches small enough that every adapter holds several at once, so one slow request
+    holds back at most a quarter of an adapter's share of the window."""
+    return max(1, min(MAX_BATCH, max_in_flight // (4 * adapters)))
 
 
 class Dispatcher(Generic[Item]):
-    """Sends each task to the least-busy adapter and collects results as they complete."""
+    """Sends tasks to the least-busy adapter in batches and collects results as they complete."""
 
-    def __init__(self, adapters: Sequence[ActorHandle], *, max_in_flight: int) -> None:
+    def __init__(self, adapters: Sequence[ActorHandle], *, max_in_flight: int, batch_size: int | None = None) -> None:
         if not adapters:
             raise ValueError("at least one adapter is needed")
         self._adapters = list(adapters)
         self._busy = [0] * len(adapters)
-        self._pending: dict[ray.ObjectRef, tuple[Item, Any, int]] = {}
+        self._buffer: list[tuple[Item, Any]] = []
+        self._pending: dict[ray.ObjectRef, tuple[list[tuple[Item, Any]], int]] = {}
+        self._in_flight = 0
         self.max_in_flight = max_in_flight
+        self.batch_size = batch_size or batch_size_for(max_in_flight, len(adapters))
 
     @property
     def in_flight(self) -> int:
-        return len(self._pending)
+        return self._in_flight
 
     @property
     def has_room(self) -> bool:
-        return len(self._pending) < self.max_in_flight
+        return self._in_flight < self.max_in_flight
 
     def send(self, item: Item, task: Any) -> None:
-        index = min(range(len(self._busy)), key=self._busy.__getitem__)
-        self._busy[index] += 1
-        self._pending[self._adapters[index].run.remote(task)] = (item, task, index)
+        self._buffer.append((item, task))
+        self._in_flight += 1
+        if len(self._buffer) >= self.batch_size:
+            self._flush()
 
     def collect(self, timeout: float | None = None) -> list[tuple[Item, TaskResult]]:
-        """Wait up to ``timeout`` for at least one result, then take every one that is ready."""
+        """Wait up to ``timeout`` for at least one batch, then take every one that is ready."""
+        self._flush()
         refs = list(self._pending)
         if not refs:
             return []
@@ -52,22 +67,34 @@ class Dispatcher(Generic[Item]):
         if not ready:
             return []
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-        return [self._finish(ref, value) for ref, value in zip(ready, _get_each(ready))]
+        finished: list[tuple[Item, TaskResult]] = []
+        for ref, value in zip(ready, _get_each(ready)):
+            finished.extend(self._finish(ref, value))
+        return finished
 
-    def _finish(self, ref: ray.ObjectRef, value: TaskResult | BaseException) -> tuple[Item, TaskResult]:
-        item, task, index = self._pending.pop(ref)
-        self._busy[index] -= 1
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        batch, self._buffer = self._buffer, []
+        index = min(range(len(self._busy)), key=self._busy.__getitem__)
+        self._busy[index] += len(batch)
+        self._pending[self._adapters[index].run_batch.remote([task for _, task in batch])] = (batch, index)
+
+    def _finish(self, ref: ray.ObjectRef, value: list[TaskResult] | BaseException) -> list[tuple[Item, TaskResult]]:
+        batch, index = self._pending.pop(ref)
+        self._busy[index] -= len(batch)
+        self._in_flight -= len(batch)
         if isinstance(value, BaseException):
-            value = _lost_result(task, value)
-        return item, value
+            return [(item, _lost_result(task, value)) for item, task in batch]
+        return [(item, result) for (item, _), result in zip(batch, value)]
 
 
-def _get_each(refs: list[ray.ObjectRef]) -> list[TaskResult | BaseException]:
+def _get_each(refs: list[ray.ObjectRef]) -> list[Any]:
     """All values in one round trip; only when one failed, fetch each alone to find which."""
     try:
         return ray.get(refs)
     except (RayActorError, RayTaskError):
-        values: list[TaskResult | BaseException] = []
+        values: list[Any] = []
         for ref in refs:
             try:
                 values.append(ray.get(ref))
