@@ -1,0 +1,82 @@
+"""The bounded, batched window of requests over real adapter actors."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import ray
+from pydantic import SecretStr
+
+from actors import ChatTask, InvalidTask, OpenAIAdapter, TaskStatus
+from drivers.fanout import Dispatcher, batch_size_for, fan_out
+from drivers.mock_server import MockServer
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def chat(custom_id: str, prompt: str) -> ChatTask:
+    return ChatTask(custom_id=custom_id, messages=[{"role": "user", "content": prompt}], max_tokens=8)
+
+
+def adapters(server: MockServer, count: int) -> list:
+    return [OpenAIAdapter.remote(base_url=server.base_url, api_key=SecretStr("sk-x")) for _ in range(count)]
+
+
+def test_every_task_comes_back_once_and_the_window_is_never_exceeded(server: MockServer) -> None:
+    handles = adapters(server, 2)
+    tasks = [chat(f"t{i}", f"prompt {i}") for i in range(103)]
+    dispatcher: Dispatcher[str] = Dispatcher(handles, max_in_flight=10, batch_size=3)
+    seen: list[str] = []
+    pending = iter(tasks)
+    for task in pending:
+        dispatcher.send(task.custom_id, task)
+        assert dispatcher.in_flight <= 10
+        while not dispatcher.has_room:
+            seen += [item for item, result in dispatcher.collect() if result.ok]
+    while dispatcher.in_flight:
+        seen += [item for item, result in dispatcher.collect() if result.ok]
+    assert sorted(seen) == sorted(task.custom_id for task in tasks)
+    assert len(server.requests()) == 103
+    for handle in handles:
+        ray.kill(handle)
+
+
+def test_a_partial_batch_is_sent_when_the_dispatcher_waits(server: MockServer) -> None:
+    handles = adapters(server, 1)
+    dispatcher: Dispatcher[str] = Dispatcher(handles, max_in_flight=100, batch_size=64)
+    dispatcher.send("only", chat("only", "alone"))
+    results = dispatcher.collect(timeout=30)
+    assert [(item, result.ok) for item, result in results] == [("only", True)]
+    ray.kill(handles[0])
+
+
+def test_a_dead_adapter_turns_its_requests_into_error_results(server: MockServer) -> None:
+    doomed, healthy = adapters(server, 2)
+    dispatcher: Dispatcher[str] = Dispatcher([doomed], max_in_flight=10, batch_size=2)
+    dispatcher.send("h1", chat("h1", "wait [[mock hang]]"))
+    dispatcher.send("h2", chat("h2", "wait too [[mock hang]]"))
+    deadline = time.monotonic() + 20
+    while len(server.requests()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ray.kill(doomed)
+    results = []
+    while dispatcher.in_flight:
+        results += dispatcher.collect(timeout=30)
+    assert sorted(item for item, _ in results) == ["h1", "h2"]
+    assert all(r.status is TaskStatus.FAILED and r.error and r.error.code == "adapter_died" for _, r in results)
+    ray.kill(healthy)
+
+
+def test_fan_out_validates_before_sending(server: MockServer) -> None:
+    handles = adapters(server, 1)
+    with pytest.raises(InvalidTask, match="messages"):
+        list(fan_out([{"custom_id": "bad", "messages": []}], handles))
+    assert server.requests() == []
+    ray.kill(handles[0])
+
+
+def test_batch_size_leaves_several_batches_per_adapter() -> None:
+    assert batch_size_for(512, 2) == 64
+    assert batch_size_for(40, 2) == 5
+    assert batch_size_for(3, 8) == 1
