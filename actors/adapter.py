@@ -1,4 +1,4 @@
-"""The adapter: one OpenAI client and a table of the tasks it runs.
+"""The adapter: one connection to an endpoint and a table of the tasks it runs.
 
 ``Adapter`` is a plain async class, testable without Ray; ``OpenAIAdapter`` is the same
 class made a Ray async actor at the edge. Each task is an ``asyncio.Task`` in the table
@@ -23,6 +23,7 @@ import openai
 import ray
 from pydantic import BaseModel, SecretStr
 
+from actors.connection import Connection
 from actors.endpoints import SENDERS, Reply
 from actors.errors import ConfigError, ResultTimeout, TaskNotFound
 from actors.models import DEFAULT_MODEL, TaskError, TaskResult, TaskStatus, Usage, parse_task
@@ -62,7 +63,7 @@ class _Record:
     status: TaskStatus = TaskStatus.PENDING
     submitted_at: float = field(default_factory=time.monotonic)
     attempts: int = 0
-    deltas: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
+    deltas: asyncio.Queue[str | None] | None = None  # only for stream=True tasks
     streamed: bool = False
     result: TaskResult | None = None
     eviction: asyncio.TimerHandle | None = None
@@ -85,12 +86,13 @@ class Adapter:
         key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key or os.environ.get("OPENAI_API_KEY", ""))
         if not key.get_secret_value():
             raise ConfigError("no API key: pass api_key= or set OPENAI_API_KEY where the adapter runs")
-        self._client = openai.AsyncOpenAI(
+        client = openai.AsyncOpenAI(
             base_url=base_url or os.environ.get("OPENAI_BASE_URL"),
             api_key=key.get_secret_value(),
             max_retries=0,
             http_client=openai.DefaultAioHttpClient(),
         )
+        self._connection = Connection(client, max_connections=MAX_CONCURRENCY)
         self.name = name or f"adapter-{uuid.uuid4().hex[:8]}"
         self.model = model
         self._retry = retry or RetryPolicy()
@@ -106,7 +108,7 @@ class Adapter:
     @property
     def endpoint(self) -> str:
         """The base URL with any credentials or query string removed."""
-        parts = urlsplit(str(self._client.base_url))
+        parts = urlsplit(str(self._connection.client.base_url))
         host = parts.hostname or ""
         netloc = f"{host}:{parts.port}" if parts.port else host
         return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
@@ -117,7 +119,7 @@ class Adapter:
         if parsed.kind != "embeddings" and "model" not in parsed.model_fields_set:
             parsed = parsed.model_copy(update={"model": self.model})
         task_id = f"{self.name}-{next(self._ids)}"
-        record = _Record(task=parsed)
+        record = _Record(task=parsed, deltas=asyncio.Queue() if getattr(parsed, "stream", False) else None)
         self._tasks[task_id] = record
         record.runner = asyncio.create_task(self._execute(task_id, record), name=task_id)
         return task_id
@@ -132,9 +134,7 @@ class Adapter:
         done, _ = await asyncio.wait({record.runner}, timeout=timeout)
         if not done:
             raise ResultTimeout(task_id, timeout or 0.0)
-        self._evict(task_id)
-        assert record.result is not None, "a finished runner always leaves a result"
-        return record.result
+        return self._collect(task_id, record)
 
     async def stream_result(self, task_id: str) -> AsyncIterator[str | TaskResult]:
         """Yield text deltas as they arrive, then the final TaskResult with usage and cost.
@@ -142,7 +142,7 @@ class Adapter:
         A task submitted without ``stream=True`` yields its whole text once it is done.
         """
         record = self._record(task_id)
-        while (delta := await record.deltas.get()) is not None:
+        while record.deltas is not None and (delta := await record.deltas.get()) is not None:
             yield delta
         result = await self.get_result(task_id)
         if not record.streamed and result.text:
@@ -166,7 +166,11 @@ class Adapter:
     async def run_batch(self, tasks: list[AnyTask]) -> list[TaskResult]:
         """Run several tasks concurrently and return their results in order: one actor call
         (and one ObjectRef) for many requests, since a call costs far more CPU than a request."""
-        return list(await asyncio.gather(*(self.run(task) for task in tasks)))
+        parsed = [parse_task(task) for task in tasks]  # all valid, or none is sent
+        task_ids = [await self.submit_task(task) for task in parsed]
+        records = [self._tasks[task_id] for task_id in task_ids]
+        await asyncio.wait([record.runner for record in records if record.runner])
+        return [self._collect(task_id, record) for task_id, record in zip(task_ids, records)]
 
     async def stats(self) -> AdapterStats:
         return self._stats.model_copy()
@@ -181,12 +185,17 @@ class Adapter:
         )
 
     async def close(self) -> None:
-        """Cancel what is still running and close the HTTP client."""
+        """Cancel what is still running and close the HTTP connections."""
         runners = [record.runner for record in self._tasks.values() if record.runner and not record.runner.done()]
         for runner in runners:
             runner.cancel()
         await asyncio.gather(*runners, return_exceptions=True)
-        await self._client.close()
+        await self._connection.close()
+
+    def _collect(self, task_id: str, record: _Record) -> TaskResult:
+        self._evict(task_id)
+        assert record.result is not None, "a finished runner always leaves a result"
+        return record.result
 
     def _record(self, task_id: str) -> _Record:
         try:
@@ -217,6 +226,7 @@ class Adapter:
         send = SENDERS[task.kind]
 
         def on_delta(text: str) -> None:
+            assert record.deltas is not None, "only stream=True tasks produce deltas"
             record.streamed = True
             record.deltas.put_nowait(text)
 
@@ -226,7 +236,7 @@ class Adapter:
                 self._stats.requests += 1
                 self._stats.retries += record.attempts > 1
                 try:
-                    return await send(self._client, task, on_delta)
+                    return await send(self._connection, task, on_delta)
                 except openai.RateLimitError as error:
                     self._stats.rate_limited += 1
                     if is_fatal_quota(error):
@@ -256,7 +266,8 @@ class Adapter:
             error=error,
         )
         record.status = status
-        record.deltas.put_nowait(None)
+        if record.deltas is not None:
+            record.deltas.put_nowait(None)
         self._count(record.result)
         record.eviction = asyncio.get_running_loop().call_later(self._ttl_s, self._evict, task_id)
 

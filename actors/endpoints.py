@@ -1,10 +1,8 @@
 """One function per OpenAI endpoint: turn a task into a request and the answer into a Reply.
 
-Plain (non-streamed) requests go through the client's low-level ``post`` with the body
-rayfan already holds, and the JSON answer is read as a dict: the SDK's parameter
-transform and model construction cost more CPU than the HTTP itself, and the Batch
-output wants the body as JSON anyway. Status and connection errors are still the SDK's
-own exceptions. Streamed chat uses the SDK's typed streaming.
+Plain requests go through ``Connection.post_json`` and their answers are read as dicts
+(the Batch output wants the body as JSON anyway); streamed chat uses the SDK's typed
+streaming. Either way, failures are the SDK's exceptions.
 """
 
 from __future__ import annotations
@@ -13,9 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx2
-from openai import AsyncOpenAI
-
+from actors.connection import Connection
 from actors.models import ChatTask, EmbeddingTask, ResponsesTask, Usage
 
 OnDelta = Callable[[str], None]
@@ -41,16 +37,14 @@ def request_body(task: AnyTask) -> dict[str, Any]:
     return body
 
 
-async def _post(client: AsyncOpenAI, path: str, task: AnyTask) -> httpx2.Response:
-    options: dict[str, Any] = {} if task.timeout_s is None else {"timeout": task.timeout_s}
-    return await client.post(path, cast_to=httpx2.Response, body=request_body(task), options=options)  # type: ignore[arg-type]
+async def _post(connection: Connection, path: str, task: AnyTask) -> tuple[dict[str, Any], Mapping[str, str]]:
+    return await connection.post_json(path, request_body(task), task.timeout_s)
 
 
-async def send_chat(client: AsyncOpenAI, task: ChatTask, on_delta: OnDelta) -> Reply:
+async def send_chat(connection: Connection, task: ChatTask, on_delta: OnDelta) -> Reply:
     if task.stream:
-        return await _stream_chat(client, task, on_delta)
-    response = await _post(client, "/chat/completions", task)
-    body = response.json()
+        return await _stream_chat(connection, task, on_delta)
+    body, headers = await _post(connection, "/chat/completions", task)
     choice = body["choices"][0] if body.get("choices") else {}
     usage = body.get("usage") or {}
     return Reply(
@@ -62,15 +56,15 @@ async def send_chat(client: AsyncOpenAI, task: ChatTask, on_delta: OnDelta) -> R
             cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0,
         ),
         model=body.get("model", task.model),
-        request_id=response.headers.get("x-request-id"),
-        headers=response.headers,
+        request_id=headers.get("x-request-id"),
+        headers=headers,
         body=body,
     )
 
 
-async def _stream_chat(client: AsyncOpenAI, task: ChatTask, on_delta: OnDelta) -> Reply:
+async def _stream_chat(connection: Connection, task: ChatTask, on_delta: OnDelta) -> Reply:
     options = {} if task.timeout_s is None else {"timeout": task.timeout_s}
-    raw = await client.chat.completions.with_raw_response.create(
+    raw = await connection.client.chat.completions.with_raw_response.create(
         **request_body(task), stream=True, stream_options={"include_usage": True}, **options
     )
     parts: list[str] = []
@@ -102,9 +96,8 @@ async def _stream_chat(client: AsyncOpenAI, task: ChatTask, on_delta: OnDelta) -
     )
 
 
-async def send_responses(client: AsyncOpenAI, task: ResponsesTask, on_delta: OnDelta) -> Reply:
-    response = await _post(client, "/responses", task)
-    body = response.json()
+async def send_responses(connection: Connection, task: ResponsesTask, on_delta: OnDelta) -> Reply:
+    body, headers = await _post(connection, "/responses", task)
     usage = body.get("usage") or {}
     return Reply(
         text=_output_text(body),
@@ -115,8 +108,8 @@ async def send_responses(client: AsyncOpenAI, task: ResponsesTask, on_delta: OnD
             cached_tokens=(usage.get("input_tokens_details") or {}).get("cached_tokens") or 0,
         ),
         model=body.get("model", task.model),
-        request_id=response.headers.get("x-request-id"),
-        headers=response.headers,
+        request_id=headers.get("x-request-id"),
+        headers=headers,
         body=body,
     )
 
@@ -132,19 +125,18 @@ def _output_text(body: dict[str, Any]) -> str:
     )
 
 
-async def send_embeddings(client: AsyncOpenAI, task: EmbeddingTask, on_delta: OnDelta) -> Reply:
-    response = await _post(client, "/embeddings", task)
-    body = response.json()
+async def send_embeddings(connection: Connection, task: EmbeddingTask, on_delta: OnDelta) -> Reply:
+    body, headers = await _post(connection, "/embeddings", task)
     return Reply(
         text=None,
         finish_reason=None,
         usage=Usage(prompt_tokens=(body.get("usage") or {}).get("prompt_tokens", 0)),
         model=body.get("model", task.model),
-        request_id=response.headers.get("x-request-id"),
-        headers=response.headers,
+        request_id=headers.get("x-request-id"),
+        headers=headers,
         body=body,
     )
 
 
-Sender = Callable[[AsyncOpenAI, Any, OnDelta], Awaitable[Reply]]
+Sender = Callable[[Connection, Any, OnDelta], Awaitable[Reply]]
 SENDERS: dict[str, Sender] = {"chat": send_chat, "responses": send_responses, "embeddings": send_embeddings}

@@ -329,3 +329,28 @@ def test_missing_api_key_is_a_config_error(monkeypatch: pytest.MonkeyPatch, serv
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(ConfigError, match="API key"):
         Adapter(base_url=server.base_url)
+
+
+def test_run_batch_returns_results_in_order_and_validates_first(server: MockServer) -> None:
+    async def body() -> None:
+        adapter = make_adapter(server)
+        results = await adapter.run_batch([chat(f"b{i}", f"prompt {i} [[mock latency={0.05 * (3 - i)}]]") for i in range(3)])
+        assert [r.custom_id for r in results] == ["b0", "b1", "b2"] and all(r.ok for r in results)
+        with pytest.raises(InvalidTask):
+            await adapter.run_batch([chat("fine", "ok"), {"custom_id": "bad", "messages": []}])
+        await adapter.close()
+        assert len(server.requests()) == 3, "nothing of an invalid batch is sent"
+
+    run(body())
+
+
+def test_streamed_request_is_retried_before_any_text(server: MockServer) -> None:
+    async def body() -> None:
+        adapter = make_adapter(server)
+        task_id = await adapter.submit_task(chat("s", "stream after a 429 [[mock status=429 retry_after=0 times=1]]", stream=True))
+        items = [item async for item in adapter.stream_result(task_id)]
+        await adapter.close()
+        *deltas, final = items
+        assert final.ok and final.attempts == 2 and "".join(deltas) == final.text
+
+    run(body())
