@@ -6,8 +6,9 @@
         print(result.custom_id, result.text, result.cost_usd)
 """
 
-from drivers.batch import BatchOptions, RunSummary, run_batch
+from drivers.batch import BatchOptions, run_batch
 from drivers.cluster import connect, start_adapters
 from drivers.fanout import Dispatcher, fan_out
+from drivers.summary import ExitCode, RunSummary
 
-__all__ = ["BatchOptions", "Dispatcher", "RunSummary", "connect", "fan_out", "run_batch", "start_adapters"]
+__all__ = ["BatchOptions", "Dispatcher", "ExitCode", "RunSummary", "connect", "fan_out", "run_batch", "start_adapters"]

@@ -1,23 +1,36 @@
-"""One batch run: read, skip what is done, fan out, write each record as it completes."""
+"""One batch run: read, skip what is done, reserve budget, fan out, write each record as it completes."""
 
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from actors.models import DEFAULT_MODEL, TaskResult, TaskStatus
+from actors.models import DEFAULT_MODEL
+from actors.pricing import PriceTable
+from drivers.budget import Budget
 from drivers.cluster import connect, start_adapters
+from drivers.estimate import estimate_request
 from drivers.fanout import Dispatcher
 from drivers.inputs import InputProblem, InputRequest, RequestDefaults, read_requests
-from drivers.outputs import OutputWriter, load_resume_state, problem_record, result_record
+from drivers.outputs import (
+    BUDGET_EXHAUSTED,
+    UNPRICED,
+    OutputWriter,
+    ResumeState,
+    load_resume_state,
+    not_run_record,
+    problem_record,
+    result_record,
+)
+from drivers.progress import ProgressBar
+from drivers.sorting import sort_by_line
+from drivers.summary import RunSummary
 
-EXIT_OK = 0
-EXIT_SOME_FAILED = 2
-EXIT_INTERRUPTED = 130
 DRAIN_ON_INTERRUPT_S = 10.0
 
 
@@ -33,63 +46,23 @@ class BatchOptions(BaseModel):
     max_in_flight: int = Field(default=256, ge=1)
     address: str | None = None
     retry_failed: bool = False
+    budget_usd: float | None = Field(default=None, gt=0)
+    """Covers the records already in the output too, so a resumed run cannot spend it twice."""
+    sort: bool = False
     defaults: RequestDefaults = Field(default_factory=RequestDefaults)
 
 
-class RunSummary(BaseModel):
-    """Totals of one run, printed at the end; records skipped as already done are counted apart."""
-
-    succeeded: int = 0
-    failed: int = 0
-    invalid: int = 0
-    already_done: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    cost_by_model: dict[str, float] = Field(default_factory=lambda: defaultdict(float))
-    unpriced: int = 0
-    wall_s: float = 0.0
-    interrupted: bool = False
-    output: Path | None = None
-
-    def add(self, result: TaskResult) -> None:
-        if result.status is TaskStatus.COMPLETED:
-            self.succeeded += 1
-        else:
-            self.failed += 1
-        self.prompt_tokens += result.usage.prompt_tokens
-        self.completion_tokens += result.usage.completion_tokens
-        if result.cost_usd is None:
-            self.unpriced += 1
-        else:
-            self.cost_usd += result.cost_usd
-            self.cost_by_model[result.model] += result.cost_usd
-
-    @property
-    def exit_code(self) -> int:
-        if self.interrupted:
-            return EXIT_INTERRUPTED
-        return EXIT_OK if self.failed == 0 and self.invalid == 0 else EXIT_SOME_FAILED
-
-    def render(self) -> str:
-        lines = [
-            f"requests: {self.succeeded} succeeded, {self.failed} failed, {self.invalid} invalid lines"
-            f" ({self.already_done} already done before this run)",
-            f"tokens: {self.prompt_tokens} in, {self.completion_tokens} out",
-            f"cost: ${self.cost_usd:.6f}" + (f" ({self.unpriced} results with no known price)" if self.unpriced else ""),
-        ]
-        lines += [f"  {model}: ${cost:.6f}" for model, cost in sorted(self.cost_by_model.items())]
-        lines.append(f"wall time: {self.wall_s:.2f}s")
-        if self.interrupted:
-            lines.append(f"interrupted: run the same command again to resume into {self.output}")
-        return "\n".join(lines)
-
-
-def run_batch(options: BatchOptions) -> RunSummary:
+def run_batch(options: BatchOptions, *, progress: ProgressBar | None = None) -> RunSummary:
     """Send every request not already in the output file and append one record for each."""
     started = time.monotonic()
-    summary = RunSummary(output=options.output)
     resume = load_resume_state(options.output, retry_failed=options.retry_failed)
+    summary = RunSummary(
+        output=options.output,
+        already_failed=resume.failed,
+        budget_usd=options.budget_usd,
+        spent_before_usd=resume.cost_usd,
+    )
+    budget = Budget(options.budget_usd, spent_usd=resume.cost_usd) if options.budget_usd is not None else None
     connect(options.address)
     adapters = start_adapters(
         options.adapters,
@@ -97,43 +70,111 @@ def run_batch(options: BatchOptions) -> RunSummary:
         api_key=options.api_key.get_secret_value() if options.api_key else None,
         model=options.model,
     )
-    dispatcher: Dispatcher[InputRequest] = Dispatcher(adapters, max_in_flight=options.max_in_flight)
     try:
         with OutputWriter(options.output) as out:
+            run = _Run(Dispatcher(adapters, max_in_flight=options.max_in_flight), out, summary, budget, progress)
+            if progress is not None:
+                progress.update(summary)
             try:
-                _send_all(options, resume, dispatcher, out, summary)
-                while dispatcher.in_flight:
-                    _write_ready(dispatcher, out, summary)
+                run.send_all(read_requests(options.input, options.defaults), resume)
             except KeyboardInterrupt:
                 summary.interrupted = True
-                _drain(dispatcher, out, summary, deadline=time.monotonic() + DRAIN_ON_INTERRUPT_S)
+                run.drain(deadline=time.monotonic() + DRAIN_ON_INTERRUPT_S)
     finally:
         for adapter in adapters:
             ray.kill(adapter)
+    if options.sort and not summary.interrupted:
+        sort_by_line(options.output)
     summary.wall_s = time.monotonic() - started
     return summary
 
 
-def _send_all(options: BatchOptions, resume, dispatcher: Dispatcher[InputRequest], out: OutputWriter, summary: RunSummary) -> None:
-    for item in read_requests(options.input, options.defaults):
-        if resume.is_done(item):
-            summary.already_done += 1
-        elif isinstance(item, InputProblem):
-            out.write(problem_record(item))
-            summary.invalid += 1
-        else:
-            dispatcher.send(item, item.task)
-            while not dispatcher.has_room:
-                _write_ready(dispatcher, out, summary)
+@dataclass(frozen=True)
+class _Sent:
+    request: InputRequest
+    reservation: int
+    """Budget held until the result settles it (0 without a budget)."""
 
 
-def _write_ready(dispatcher: Dispatcher[InputRequest], out: OutputWriter, summary: RunSummary, timeout: float | None = None) -> None:
-    for request, result in dispatcher.collect(timeout=timeout):
-        out.write(result_record(request, result))
-        summary.add(result)
+class _Run:
+    """The send and collect loop of one run: every input item ends as exactly one record."""
 
+    def __init__(
+        self,
+        dispatcher: Dispatcher[_Sent],
+        out: OutputWriter,
+        summary: RunSummary,
+        budget: Budget | None,
+        progress: ProgressBar | None,
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._out = out
+        self._summary = summary
+        self._budget = budget
+        self._prices = PriceTable.default()
+        self._progress = progress
 
-def _drain(dispatcher: Dispatcher[InputRequest], out: OutputWriter, summary: RunSummary, *, deadline: float) -> None:
-    """After Ctrl-C: keep what finishes before the deadline; the rest resumes next run."""
-    while dispatcher.in_flight and (remaining := deadline - time.monotonic()) > 0:
-        _write_ready(dispatcher, out, summary, timeout=remaining)
+    def send_all(self, items: Iterable[InputRequest | InputProblem], resume: ResumeState) -> None:
+        for item in items:
+            if resume.is_done(item):
+                self._summary.already_done += 1
+            elif isinstance(item, InputProblem):
+                self._summary.add_problem(item.code)
+                self._write(problem_record(item))
+            else:
+                self._send(item)
+        while self._dispatcher.in_flight:
+            self._collect()
+
+    def drain(self, *, deadline: float) -> None:
+        """After Ctrl-C: keep what finishes before the deadline (or a second Ctrl-C); the
+        rest is sent again by the next run."""
+        try:
+            while self._dispatcher.in_flight and (remaining := deadline - time.monotonic()) > 0:
+                self._collect(timeout=remaining)
+        except KeyboardInterrupt:
+            return
+
+    def _send(self, request: InputRequest) -> None:
+        reservation = 0
+        if self._budget is not None:
+            reservation = self._reserve(request, self._budget)
+            if reservation is None:
+                return
+        self._dispatcher.send(_Sent(request, reservation), request.task)
+        while not self._dispatcher.has_room:
+            self._collect()
+
+    def _reserve(self, request: InputRequest, budget: Budget) -> int | None:
+        """Hold the request's worst case, waiting for requests in flight to settle while
+        that may make room; None (and a not-run record) when it can never fit."""
+        if budget.closed:
+            self._not_run(request, BUDGET_EXHAUSTED, "not sent: --budget-usd was used up before it")
+            return None
+        worst = estimate_request(request.task, self._prices).high_usd
+        if worst is None:
+            self._not_run(request, UNPRICED, f"not sent: no price for model {request.task.model!r}, so --budget-usd cannot bound it")
+            return None
+        while (reservation := budget.try_reserve(worst)) is None:
+            if not self._dispatcher.in_flight:
+                budget.close()
+                self._not_run(request, BUDGET_EXHAUSTED, f"not sent: its worst case ${worst:.6f} does not fit in the budget left")
+                return None
+            self._collect()
+        return reservation
+
+    def _collect(self, timeout: float | None = None) -> None:
+        for sent, result in self._dispatcher.collect(timeout=timeout):
+            if self._budget is not None:
+                self._budget.settle(sent.reservation, result.cost_usd)
+            self._summary.add_result(result)
+            self._write(result_record(sent.request, result))
+
+    def _not_run(self, request: InputRequest, code: str, message: str) -> None:
+        self._summary.add_not_run(code)
+        self._write(not_run_record(request, code, message))
+
+    def _write(self, record: dict[str, object]) -> None:
+        self._out.write(record)
+        if self._progress is not None:
+            self._progress.update(self._summary)

@@ -80,6 +80,12 @@ def read_requests(path: str | Path, defaults: RequestDefaults | None = None) -> 
             yield item
 
 
+def count_requests(path: str | Path) -> int:
+    """Non-blank lines, each one record to be: the progress bar's total, read as a stream."""
+    with open(path, "rb") as lines:
+        return sum(1 for text in lines if text.strip())
+
+
 def parse_line(number: int, text: str, defaults: RequestDefaults) -> InputRequest | InputProblem:
     fallback_id = derived_custom_id(number, text)
     try:
@@ -124,7 +130,10 @@ def _task_fields(data: dict[str, Any], defaults: RequestDefaults) -> dict[str, A
         raise _LineError("missing_body", "no 'body' object (expected the request body of the Batch API)")
     if "kind" in body:
         raise _LineError("invalid_request", "body.kind is not an OpenAI request field")
-    return {**body, "kind": kind}
+    fields = {**body, "kind": kind}
+    if defaults.model and kind != "embeddings" and "model" not in body:
+        fields["model"] = defaults.model  # named here, so what is priced is what is sent
+    return fields
 
 
 def _shorthand_fields(data: dict[str, Any], defaults: RequestDefaults) -> dict[str, Any]:

@@ -8,10 +8,11 @@ that should be tried again (not run; failed, with ``retry_failed``) are removed.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import logging
 import os
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -19,9 +20,10 @@ from typing import IO, Any
 from actors.models import TaskResult, TaskStatus
 from drivers.inputs import InputProblem, InputRequest
 
-log = logging.getLogger(__name__)
-
-NOT_RUN_CODES = frozenset({"budget_exhausted", "interrupted"})
+BUDGET_EXHAUSTED = "budget_exhausted"
+UNPRICED = "unpriced_model"
+NOT_RUN_CODES = frozenset({BUDGET_EXHAUSTED, UNPRICED})
+"""Records of requests never sent: a later run sends them again, like records never written."""
 DUPLICATE = "duplicate_custom_id"
 
 
@@ -32,43 +34,65 @@ class ResumeState:
     done_ids: set[str] = field(default_factory=set)
     done_duplicate_lines: set[int] = field(default_factory=set)
     kept: int = 0
-    dropped: int = 0
+    failed: int = 0
+    cost_usd: float = 0.0
+    redone: int = 0
+    torn: bool = False
 
     def is_done(self, item: InputRequest | InputProblem) -> bool:
         if isinstance(item, InputProblem) and item.code == DUPLICATE:
             return item.line in self.done_duplicate_lines
         return item.custom_id in self.done_ids
 
+    def remember(self, record: dict[str, Any]) -> None:
+        self.kept += 1
+        error = record.get("error")
+        if error is not None:
+            self.failed += 1
+        if error is not None and error.get("code") == DUPLICATE:
+            self.done_duplicate_lines.add(record["rayfan"]["line"])
+        else:
+            self.done_ids.add(record["custom_id"])
+        self.cost_usd += (record.get("rayfan") or {}).get("cost_usd") or 0.0
+
 
 def load_resume_state(path: Path, *, retry_failed: bool) -> ResumeState:
-    """Read an existing output file, rewriting it (atomically) without records to redo."""
+    """Read an existing output file and repair it for appending: a torn last line is cut off,
+    and records to redo are removed by an atomic, streamed rewrite."""
     state = ResumeState()
     if not path.exists():
         return state
-    keep: list[str] = []
-    with open(path, encoding="utf-8") as existing:
-        for text in existing:
-            record = _parse_record(text)
+    complete_bytes = 0
+    with open(path, "rb") as existing:
+        for raw in existing:
+            if not raw.endswith(b"\n"):
+                state.torn = True  # a kill mid-write; only the last line can lack its newline
+                break
+            complete_bytes += len(raw)
+            record = _parse_record(raw)
             if record is None or _should_redo(record, retry_failed):
-                state.dropped += 1
-                continue
-            keep.append(text)
-            if (record.get("error") or {}).get("code") == DUPLICATE:
-                state.done_duplicate_lines.add(record["rayfan"]["line"])
+                state.redone += 1
             else:
-                state.done_ids.add(record["custom_id"])
-    state.kept = len(keep)
-    if state.dropped:
-        _rewrite(path, keep)
+                state.remember(record)
+    if state.redone:
+        with atomic_rewrite(path) as out, open(path, "rb") as existing:
+            out.writelines(raw for raw in existing if _keeps(raw, retry_failed))
+    elif state.torn:
+        os.truncate(path, complete_bytes)
     return state
 
 
-def _parse_record(text: str) -> dict[str, Any] | None:
-    if not text.endswith("\n"):
+def _keeps(raw: bytes, retry_failed: bool) -> bool:
+    record = _parse_record(raw)
+    return record is not None and not _should_redo(record, retry_failed)
+
+
+def _parse_record(raw: bytes) -> dict[str, Any] | None:
+    if not raw.endswith(b"\n"):
         return None  # torn by a kill mid-write
     try:
-        record = json.loads(text)
-    except json.JSONDecodeError:
+        record = json.loads(raw)
+    except ValueError:  # not JSON, or not UTF-8
         return None
     return record if isinstance(record, dict) and "custom_id" in record else None
 
@@ -78,13 +102,19 @@ def _should_redo(record: dict[str, Any], retry_failed: bool) -> bool:
     return error is not None and (retry_failed or error.get("code") in NOT_RUN_CODES)
 
 
-def _rewrite(path: Path, lines: list[str]) -> None:
+@contextlib.contextmanager
+def atomic_rewrite(path: Path) -> Iterator[IO[bytes]]:
+    """A file that replaces ``path`` only once fully written and synced: a kill leaves the
+    old file or the new one, never half of either."""
     temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", encoding="utf-8") as out:
-        out.writelines(lines)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def result_record(request: InputRequest, result: TaskResult) -> dict[str, Any]:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from drivers.cli import main
+from drivers.mock_server import MockServer
+from drivers.summary import ExitCode
+from tests.conftest import TEST_KEY
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -29,7 +33,7 @@ def test_mock_run_of_the_examples_writes_one_record_per_line(tmp_path: Path, cap
     assert chat["response"]["body"]["choices"][0]["message"]["content"].startswith("Mock reply:")
     assert chat["rayfan"]["cost_usd"] > 0 and chat["rayfan"]["usage"]["prompt_tokens"] > 0
     printed = capsys.readouterr().out
-    assert f"requests: {len(inputs)} succeeded, 0 failed" in printed and "cost: $" in printed
+    assert f"requests: {len(inputs)} succeeded, 0 failed, 0 invalid lines, 0 not run" in printed and "cost: $" in printed
 
     assert main(["run", str(EXAMPLES), "-o", str(out), "--mock"]) == 0
     assert len(read_records(out)) == len(inputs), "a re-run resumes: nothing is sent or written twice"
@@ -63,3 +67,127 @@ def test_bad_lines_become_error_records_and_the_rest_runs(tmp_path: Path) -> Non
         assert by_line[line]["error"]["message"].startswith(f"line {line}:")
     assert "max_tokens" in by_line[5]["error"]["message"]
     assert by_line[7]["custom_id"].startswith("line7-")
+
+
+# --- against the session's fake server over HTTP
+
+
+@pytest.fixture
+def rayfan(server: MockServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., int]:
+    """``rayfan run IN -o OUT --base-url <fake server> ARGS...`` in-process, with a key set."""
+    monkeypatch.setenv("OPENAI_API_KEY", TEST_KEY)
+
+    def run(*args: str, source: Path = tmp_path / "in.jsonl", out: Path = tmp_path / "out.jsonl") -> int:
+        return main(["run", str(source), "-o", str(out), "--base-url", server.base_url, *args])
+
+    return run
+
+
+def write_lines(path: Path, lines: list[dict | str]) -> Path:
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    return path
+
+
+def prompts_sent(server: MockServer) -> list[str]:
+    return [entry.body["messages"][-1]["content"] for entry in server.requests() if entry.body]
+
+
+def test_all_three_endpoints_and_both_shapes_over_http(
+    tmp_path: Path, server: MockServer, rayfan: Callable[..., int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    chat = {"messages": [{"role": "user", "content": "a chat question"}], "max_tokens": 6}
+    write_lines(
+        tmp_path / "in.jsonl",
+        [
+            {"custom_id": "chat", "method": "POST", "url": "/v1/chat/completions", "body": chat},
+            {"custom_id": "resp", "method": "POST", "url": "/v1/responses", "body": {"input": "a responses question", "max_output_tokens": 6}},
+            {"custom_id": "emb", "method": "POST", "url": "/v1/embeddings", "body": {"input": ["embed", "these"]}},
+            {"custom_id": "short", "prompt": "a shorthand question"},
+        ],
+    )
+    assert rayfan("--strict", "--max-tokens", "4") == 0
+    records = {r["custom_id"]: r for r in read_records(tmp_path / "out.jsonl")}
+    assert {name: r["response"]["body"]["object"] for name, r in records.items()} == {
+        "chat": "chat.completion",
+        "resp": "response",
+        "emb": "list",
+        "short": "chat.completion",
+    }
+    for record in records.values():
+        assert record["error"] is None and record["response"]["status_code"] == 200
+        assert record["rayfan"]["usage"]["prompt_tokens"] > 0 and record["rayfan"]["cost_usd"] > 0
+    assert records["short"]["rayfan"]["usage"]["completion_tokens"] == 4, "--max-tokens fills the shorthand"
+    assert sorted(entry.path for entry in server.requests()) == [
+        "/v1/chat/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/responses",
+    ]  # fmt: skip
+    captured = capsys.readouterr()
+    assert "req/s" not in captured.err, "no progress bar when stderr is not a terminal"
+    assert "gpt-4o-mini: $" in captured.out and "text-embedding-3-small: $" in captured.out
+
+
+def test_strict_lists_every_problem_and_sends_nothing(
+    tmp_path: Path, server: MockServer, rayfan: Callable[..., int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_lines(
+        tmp_path / "in.jsonl",
+        [{"custom_id": "a", "prompt": "fine"}, "{oops", {"custom_id": "a", "prompt": "again"}, {"custom_id": "b", "url": "/v1/nope", "body": {}}],
+    )
+    assert rayfan("--strict") == 3
+    err = capsys.readouterr().err
+    assert "line 2: not JSON" in err and "line 3: custom_id 'a' appeared" in err and "line 4: url '/v1/nope'" in err
+    assert "3 bad lines" in err
+    assert server.requests() == [] and not (tmp_path / "out.jsonl").exists()
+
+
+def test_failed_requests_are_sent_again_only_with_retry_failed(
+    tmp_path: Path, server: MockServer, rayfan: Callable[..., int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    prompts = [f"good {i}" for i in range(4)] + ["bad [[mock status=400 times=1]]"]
+    write_lines(tmp_path / "in.jsonl", [{"custom_id": f"p{i}", "prompt": p} for i, p in enumerate(prompts)])
+    out = tmp_path / "out.jsonl"
+
+    assert rayfan() == 2
+    failed = [r for r in read_records(out) if r["error"]]
+    assert [(r["custom_id"], r["error"]["code"]) for r in failed] == [("p4", "bad_request")]
+    assert rayfan() == 2, "the failed record is kept, and still counts as failed"
+    assert "--retry-failed sends them again" in capsys.readouterr().out
+    assert len(server.requests()) == 5, "a plain resume sends nothing"
+
+    assert rayfan("--retry-failed") == 0
+    records = read_records(out)
+    assert len(records) == 5 and all(r["error"] is None for r in records)
+    assert sorted(prompts_sent(server)) == sorted(prompts + [prompts[-1]]), "only the failed one was sent again"
+
+
+def test_sort_rewrites_the_output_in_input_order(
+    tmp_path: Path, rayfan: Callable[..., int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    slow_first = [{"prompt": f"slow {i} [[mock latency=0.4]]"} for i in range(3)]
+    write_lines(tmp_path / "in.jsonl", [*slow_first, "not json", *({"prompt": f"fast {i}"} for i in range(6))])
+    out = tmp_path / "out.jsonl"
+    assert rayfan() == 2
+    lines = [r["rayfan"]["line"] for r in read_records(out)]
+    assert sorted(lines) == list(range(1, 11)) and lines != sorted(lines), "written in completion order"
+    before = sorted(out.read_text().splitlines())
+
+    assert rayfan("--sort", "--progress") == 2
+    assert [r["rayfan"]["line"] for r in read_records(out)] == list(range(1, 11))
+    assert sorted(out.read_text().splitlines()) == before, "the same records, only moved"
+    assert "10/10" in capsys.readouterr().err, "--progress draws even when stderr is not a terminal"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "missing.jsonl", "-o", "out.jsonl"],
+        ["run", str(EXAMPLES), "-o", "out.jsonl", "--budget-usd", "-1"],
+        ["run", str(EXAMPLES), "-o", "out.jsonl", "--max-in-flight", "0"],
+        ["run", str(EXAMPLES), "--no-such-flag"],
+        ["run", str(EXAMPLES)],
+    ],
+)
+def test_usage_errors_exit_1_before_anything_starts(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == ExitCode.USAGE == 1
+    assert "error:" in capsys.readouterr().err
