@@ -3,7 +3,8 @@
 ``Adapter`` is a plain async class, testable without Ray; ``OpenAIAdapter`` is the same
 class made a Ray async actor at the edge. Each task is an ``asyncio.Task`` in the table
 and ends in exactly one terminal state; its record is evicted when the result is
-collected, or ``result_ttl_s`` after it finished, so a long run keeps memory flat.
+collected, or ``result_ttl_s`` after it finished (checked as new tasks arrive), so a long
+run keeps memory flat.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from pydantic import BaseModel, SecretStr
 
 from actors.connection import Connection
 from actors.endpoints import SENDERS, Reply
-from actors.errors import ConfigError, ResultTimeout, TaskNotFound
+from actors.errors import ConfigError, ResultTimeout, ScopeStopped, TaskNotFound
+from actors.limiter import LimitSpec, NoLimit
 from actors.models import DEFAULT_MODEL, TaskError, TaskResult, TaskStatus, Usage, parse_task
 from actors.pricing import PriceTable
 from actors.retry import RetryPolicy, describe_error, is_fatal_quota
@@ -66,7 +68,6 @@ class _Record:
     deltas: asyncio.Queue[str | None] | None = None  # only for stream=True tasks
     streamed: bool = False
     result: TaskResult | None = None
-    eviction: asyncio.TimerHandle | None = None
 
 
 class Adapter:
@@ -82,6 +83,7 @@ class Adapter:
         retry: RetryPolicy | None = None,
         prices: PriceTable | None = None,
         result_ttl_s: float = 600.0,
+        limit: LimitSpec | None = None,
     ) -> None:
         key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key or os.environ.get("OPENAI_API_KEY", ""))
         if not key.get_secret_value():
@@ -95,10 +97,12 @@ class Adapter:
         self._connection = Connection(client, max_connections=MAX_CONCURRENCY)
         self.name = name or f"adapter-{uuid.uuid4().hex[:8]}"
         self.model = model
+        self._limiter = limit.build(self.name) if limit is not None else NoLimit()
         self._retry = retry or RetryPolicy()
         self._prices = prices or PriceTable.default()
         self._ttl_s = result_ttl_s
         self._tasks: dict[str, _Record] = {}
+        self._uncollected: dict[str, float] = {}  # finished, not yet collected: id -> eviction time
         self._ids = itertools.count()
         self._stats = AdapterStats()
 
@@ -115,6 +119,7 @@ class Adapter:
 
     async def submit_task(self, task: AnyTask) -> str:
         """Validate and start a task; returns its id at once. Invalid tasks raise InvalidTask."""
+        self._evict_expired()
         parsed = parse_task(task)
         if parsed.kind != "embeddings" and "model" not in parsed.model_fields_set:
             parsed = parsed.model_copy(update={"model": self.model})
@@ -190,6 +195,7 @@ class Adapter:
         for runner in runners:
             runner.cancel()
         await asyncio.gather(*runners, return_exceptions=True)
+        await self._limiter.close()
         await self._connection.close()
 
     def _collect(self, task_id: str, record: _Record) -> TaskResult:
@@ -213,6 +219,8 @@ class Adapter:
             raise
         except openai.OpenAIError as error:
             self._finish(task_id, record, started, error=describe_error(error))
+        except ScopeStopped as stopped:
+            self._finish(task_id, record, started, error=stopped.error)
         except Exception as error:  # a bug of ours: recorded with its traceback, never lost
             log.exception("%s: unexpected error", task_id)
             self._finish(task_id, record, started, error=TaskError(code="internal_error", message=repr(error)))
@@ -232,16 +240,19 @@ class Adapter:
 
         async for attempt in self._retry.retrying(task.custom_id, may_retry=lambda: not record.streamed):
             with attempt:
-                record.attempts += 1
-                self._stats.requests += 1
-                self._stats.retries += record.attempts > 1
-                try:
-                    return await send(self._connection, task, on_delta)
-                except openai.RateLimitError as error:
-                    self._stats.rate_limited += 1
-                    if is_fatal_quota(error):
-                        log.error("%s: insufficient_quota: the account has no credit left; not retrying", task.custom_id)
-                    raise
+                async with self._limiter.attempt(task) as limited:  # waits for the rate limit
+                    record.attempts += 1
+                    self._stats.requests += 1
+                    self._stats.retries += record.attempts > 1
+                    try:
+                        reply = await send(self._connection, task, on_delta)
+                    except openai.RateLimitError as error:
+                        self._stats.rate_limited += 1
+                        if is_fatal_quota(error):
+                            log.error("%s: insufficient_quota: the account has no credit left; not retrying", task.custom_id)
+                        raise
+                    limited.succeeded(reply)
+                    return reply
         raise AssertionError("tenacity either returns, or re-raises the last error")
 
     def _finish(
@@ -269,12 +280,20 @@ class Adapter:
         if record.deltas is not None:
             record.deltas.put_nowait(None)
         self._count(record.result)
-        record.eviction = asyncio.get_running_loop().call_later(self._ttl_s, self._evict, task_id)
+        self._uncollected[task_id] = time.monotonic() + self._ttl_s
 
     def _evict(self, task_id: str) -> None:
-        record = self._tasks.pop(task_id, None)
-        if record is not None and record.eviction is not None:
-            record.eviction.cancel()
+        self._tasks.pop(task_id, None)
+        self._uncollected.pop(task_id, None)
+
+    def _evict_expired(self) -> None:
+        """Drop finished records nobody collected within the TTL. The dict is in finish
+        order, so only its expired head is visited: no timer per task."""
+        now = time.monotonic()
+        for task_id, deadline in list(itertools.islice(self._uncollected.items(), 64)):
+            if deadline > now:
+                break
+            self._evict(task_id)
 
     def _count(self, result: TaskResult) -> None:
         stats = self._stats

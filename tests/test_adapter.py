@@ -309,15 +309,20 @@ def test_stats_and_status(server: MockServer) -> None:
     run(body())
 
 
-def test_finished_records_are_evicted_after_the_ttl(server: MockServer) -> None:
+def test_uncollected_records_are_evicted_after_the_ttl(server: MockServer) -> None:
     async def body() -> None:
-        adapter = make_adapter(server, result_ttl_s=0.05)
-        task_id = await adapter.submit_task(chat("e", "forget me"))
-        while not (await adapter.get_status(task_id)).is_terminal:
+        adapter = make_adapter(server, result_ttl_s=0.5)
+        old = await adapter.submit_task(chat("old", "forget me"))
+        while not (await adapter.get_status(old)).is_terminal:
             await asyncio.sleep(0.01)
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.6)
+        fresh = await adapter.submit_task(chat("fresh", "keep me"))  # arrivals sweep expired records
         with pytest.raises(TaskNotFound):
-            await adapter.get_result(task_id)
+            await adapter.get_result(old)
+        while not (await adapter.get_status(fresh)).is_terminal:
+            await asyncio.sleep(0.01)
+        await adapter.submit_task(chat("newer", "sweep again"))
+        assert (await adapter.get_result(fresh)).ok, "a record within its TTL stays"
         await adapter.close()
 
     run(body())
