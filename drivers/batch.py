@@ -73,8 +73,6 @@ def run_batch(options: BatchOptions, *, progress: ProgressBar | None = None) -> 
     try:
         with OutputWriter(options.output) as out:
             run = _Run(Dispatcher(adapters, max_in_flight=options.max_in_flight), out, summary, budget, progress)
-            if progress is not None:
-                progress.update(summary)
             try:
                 run.send_all(read_requests(options.input, options.defaults), resume)
             except KeyboardInterrupt:
@@ -115,9 +113,11 @@ class _Run:
         self._progress = progress
 
     def send_all(self, items: Iterable[InputRequest | InputProblem], resume: ResumeState) -> None:
+        self._show()
         for item in items:
             if resume.is_done(item):
                 self._summary.already_done += 1
+                self._show()
             elif isinstance(item, InputProblem):
                 self._summary.add_problem(item.code)
                 self._write(problem_record(item))
@@ -176,5 +176,8 @@ class _Run:
 
     def _write(self, record: dict[str, object]) -> None:
         self._out.write(record)
+        self._show()
+
+    def _show(self) -> None:
         if self._progress is not None:
             self._progress.update(self._summary)

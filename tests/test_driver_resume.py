@@ -35,17 +35,24 @@ def write_prompts(path: Path) -> dict[str, str]:
 
 
 def start_rayfan(source: Path, out: Path, server: MockServer) -> subprocess.Popen[str]:
+    """Its stdout and stderr go to files beside the output (a full pipe would block it)."""
     command = [sys.executable, "-m", "drivers.cli", "run", str(source), "-o", str(out), "--base-url", server.base_url]
     command += ["--address", ray.get_runtime_context().gcs_address, "--adapters", "1", "--max-in-flight", "4"]
     env = {**os.environ, "OPENAI_API_KEY": TEST_KEY}
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with open(out.with_suffix(".stdout"), "w") as stdout, open(out.with_suffix(".stderr"), "w") as stderr:
+        return subprocess.Popen(command, env=env, stdout=stdout, stderr=stderr, text=True)
+
+
+def output_of(process: subprocess.Popen[str], out: Path) -> tuple[str, str]:
+    process.wait(timeout=60)
+    return out.with_suffix(".stdout").read_text(), out.with_suffix(".stderr").read_text()
 
 
 def wait_for_records(out: Path, count: int, process: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + 60
     while not (out.exists() and out.read_bytes().count(b"\n") >= count):
         if process.poll() is not None:
-            pytest.fail(f"rayfan exited early with {process.returncode}: {process.communicate()}")
+            pytest.fail(f"rayfan exited early with {process.returncode}: {output_of(process, out)}")
         if time.monotonic() > deadline:
             process.kill()
             pytest.fail(f"rayfan wrote fewer than {count} records in 60 s")
@@ -62,9 +69,10 @@ def sent_ok(server: MockServer) -> Counter[str]:
 
 def wait_until_only_this_job_has_actors() -> None:
     """The killed driver's adapters die with it: none may be left running on the cluster."""
-    job = ray.get_runtime_context().get_job_id()
+    context = ray.get_runtime_context()
+    alive = [("state", "=", "ALIVE")]
     deadline = time.monotonic() + 30
-    while orphans := [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if a.job_id != job]:
+    while orphans := [a for a in list_actors(context.gcs_address, filters=alive) if a.job_id != context.get_job_id()]:
         assert time.monotonic() < deadline, f"actors of the killed driver still alive: {orphans}"
         time.sleep(0.2)
 
@@ -78,7 +86,7 @@ def test_kill_9_mid_run_then_resume_gives_one_record_per_input_and_resends_no_su
     process = start_rayfan(source, out, server)
     wait_for_records(out, 10, process)
     process.send_signal(signal.SIGKILL)
-    process.communicate()
+    process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL
 
     before = complete_records(out)
@@ -112,7 +120,7 @@ def test_ctrl_c_writes_what_was_in_flight_and_exits_130_with_how_to_resume(
     process = start_rayfan(source, out, server)
     wait_for_records(out, 4, process)
     process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=60)
+    stdout, stderr = output_of(process, out)
     assert process.returncode == 130, stderr
     assert f"interrupted: run the same command again to resume into {out}" in stdout
 
