@@ -33,7 +33,6 @@ class ResumeState:
 
     done_ids: set[str] = field(default_factory=set)
     done_duplicate_lines: set[int] = field(default_factory=set)
-    kept: int = 0
     failed: int = 0
     cost_usd: float = 0.0
     redone: int = 0
@@ -45,7 +44,6 @@ class ResumeState:
         return item.custom_id in self.done_ids
 
     def remember(self, record: dict[str, Any]) -> None:
-        self.kept += 1
         error = record.get("error")
         if error is not None:
             self.failed += 1

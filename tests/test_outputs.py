@@ -93,7 +93,7 @@ def test_not_run_records_are_redone_and_failed_ones_only_with_retry_failed(tmp_p
 
 def test_a_missing_output_is_a_fresh_start(tmp_path: Path) -> None:
     state = load_resume_state(tmp_path / "none.jsonl", retry_failed=True)
-    assert state.kept == 0 and not state.done_ids and not (tmp_path / "none.jsonl").exists()
+    assert state.failed == 0 and not state.done_ids and not (tmp_path / "none.jsonl").exists()
 
 
 def test_sort_by_line_merges_runs_into_input_order(tmp_path: Path) -> None:
