@@ -81,8 +81,9 @@ def test_api_key_appears_nowhere(server: MockServer, caplog: pytest.LogCaptureFi
         status = ray.get(adapter.status.remote())
         stats = ray.get(adapter.stats.remote())
         adapter_repr = repr(adapter)
-    actors = list_actors(detail=True)
-    tasks = list_tasks(detail=True)
+    address = ray.get_runtime_context().gcs_address  # this session's cluster, whatever else runs here
+    actors = list_actors(address=address, detail=True, limit=10_000)
+    tasks = list_tasks(address=address, detail=True, limit=10_000)
     ray.kill(adapter)
     assert any(entry.authorization == f"Bearer {SECRET}" for entry in server.requests()), "the key must reach the server"
     captured = capfd.readouterr()
