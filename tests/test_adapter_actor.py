@@ -85,6 +85,7 @@ def test_api_key_appears_nowhere(server: MockServer, caplog: pytest.LogCaptureFi
     actors = list_actors(address=address, detail=True, limit=10_000)
     tasks = list_tasks(address=address, detail=True, limit=10_000)
     ray.kill(adapter)
+    assert any(actor.name == "adapter-secret-test" for actor in actors), "the listing must include the adapter"
     assert any(entry.authorization == f"Bearer {SECRET}" for entry in server.requests()), "the key must reach the server"
     captured = capfd.readouterr()
     haystack = "\n".join(
