@@ -1,9 +1,10 @@
 """Rate budget for one limit scope (endpoint + key + model): RPM and TPM buckets.
 
 Pure and loop-local: no Ray, no I/O. The coordinator actor owns one ``RateBudget`` per
-scope and hands out leases through ``acquire``/``refund``. Time comes from an injected
-clock so tests run on virtual time; waiters are woken by a single ``loop.call_at``
-handle for the head of the queue, never by polling.
+scope and hands out leases through ``acquire``/``refund``; an adapter limited on its own
+(or cut off from its coordinator) uses one directly. Time comes from an injected clock so
+tests run on virtual time; waiters are woken by a single ``loop.call_at`` handle for the
+head of the queue, never by polling.
 """
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 Clock = Callable[[], float]
+ErrorFactory = Callable[[], BaseException]
 
 # Float drift: amounts this close to the target count as available, and waits this short
 # count as "now", so a wake at the computed time always makes progress.
 _EPS = 1e-9
+# How far back the budget remembers what it handed out: a server observation older than
+# this cannot be compared with our own books any more and is ignored.
+LEDGER_S = 60.0
 
 
 def _check_limit(capacity: float, refill_per_s: float) -> None:
@@ -33,16 +38,16 @@ def _check_amounts(*amounts: float) -> None:
 
 
 class TokenBucket:
-    """One continuously refilled bucket; starts full. The level may go negative (debt)."""
+    """One continuously refilled bucket, full or empty at first. The level may go negative (debt)."""
 
     __slots__ = ("_capacity", "_rate", "_level", "_last", "_clock")
 
-    def __init__(self, capacity: float, refill_per_s: float, *, clock: Clock = time.monotonic) -> None:
+    def __init__(self, capacity: float, refill_per_s: float, *, clock: Clock = time.monotonic, full: bool = True) -> None:
         _check_limit(capacity, refill_per_s)
         self._capacity = float(capacity)
         self._rate = float(refill_per_s)
         self._clock = clock
-        self._level = self._capacity
+        self._level = self._capacity if full else 0.0
         self._last = clock()
 
     @property
@@ -121,6 +126,8 @@ class RateBudget:
 
     ``None`` for a limit means that dimension is unlimited. Only the head of the queue
     is ever considered, so a large request is never starved by smaller later ones.
+    ``full=False`` starts with nothing to give, for a budget that cannot know what was
+    spent just before it existed (a restarted coordinator, a fallback share).
     """
 
     def __init__(
@@ -130,23 +137,27 @@ class RateBudget:
         tpm: float | None,
         clock: Clock = time.monotonic,
         loop: asyncio.AbstractEventLoop | None = None,
+        full: bool = True,
     ) -> None:
         self._clock = clock
         self._loop = loop
-        self._rpm = self._new_bucket(rpm)
-        self._tpm = self._new_bucket(tpm)
+        self._rpm = self._new_bucket(rpm, full)
+        self._tpm = self._new_bucket(tpm, full)
         self._queue: deque[_Waiter] = deque()
         self._wake: asyncio.TimerHandle | None = None
         self._paused_until: float | None = None
+        self._shut: ErrorFactory | None = None
         self._granted_requests = 0
         self._granted_tokens = 0
         self._refunded_requests = 0
         self._refunded_tokens = 0
+        # (time, net requests taken, net tokens taken) after each change, oldest first.
+        self._ledger: deque[tuple[float, int, int]] = deque([(clock(), 0, 0)])
 
-    def _new_bucket(self, per_minute: float | None) -> TokenBucket | None:
+    def _new_bucket(self, per_minute: float | None, full: bool = True) -> TokenBucket | None:
         if per_minute is None:
             return None
-        return TokenBucket(per_minute, per_minute / 60.0, clock=self._clock)
+        return TokenBucket(per_minute, per_minute / 60.0, clock=self._clock, full=full)
 
     # -- granting ---------------------------------------------------------------------
 
@@ -154,6 +165,7 @@ class RateBudget:
         """Wait until ``requests`` and ``tokens`` are granted, behind earlier waiters.
 
         On cancellation nothing is kept: a grant that raced the cancel is given back.
+        After ``shut`` it raises the shut error instead of waiting.
         """
         if self.try_acquire(requests, tokens):
             return
@@ -170,6 +182,8 @@ class RateBudget:
     def try_acquire(self, requests: int, tokens: int) -> bool:
         """Grant now or not at all; never jumps ahead of queued waiters."""
         _check_amounts(requests, tokens)
+        if self._shut is not None:
+            raise self._shut()
         if self._queue or self._wait_time(requests, tokens) > 0:
             return False
         self._grant(requests, tokens)
@@ -181,7 +195,23 @@ class RateBudget:
         self._give_back(requests, tokens)
         self._refunded_requests += requests
         self._refunded_tokens += tokens
+        self._note()
         self._dispatch()
+
+    def charge(self, requests: int, tokens: int) -> None:
+        """Take capacity spent elsewhere without waiting; it may leave debt (fallback spending)."""
+        _check_amounts(requests, tokens)
+        self._grant(requests, tokens)
+        self._dispatch()
+
+    def shut(self, error: ErrorFactory) -> None:
+        """Grant nothing ever again: queued and future waiters raise ``error()``."""
+        self._shut = error
+        self._cancel_wake()
+        while self._queue:
+            waiter = self._queue.popleft()
+            if not waiter.future.done():
+                waiter.future.set_exception(error())
 
     def reconcile(self, reserved_tokens: int, used_tokens: int) -> None:
         """Settle an estimate: refund the surplus, or charge the overrun as debt."""
@@ -194,6 +224,7 @@ class RateBudget:
             if self._tpm is not None:
                 self._tpm.take(-surplus)
             self._granted_tokens -= surplus
+        self._note()
         self._dispatch()
 
     # -- server feedback --------------------------------------------------------------
@@ -223,12 +254,21 @@ class RateBudget:
         bucket.set_limit(per_minute, per_minute / 60.0)
         return bucket
 
-    def observe_remaining(self, requests: int | None, tokens: int | None) -> None:
-        """Trust ``x-ratelimit-remaining-*`` when it is lower than our own estimate."""
+    def observe_remaining(self, requests: int | None, tokens: int | None, *, age_s: float = 0.0) -> None:
+        """Trust ``x-ratelimit-remaining-*`` when it is lower than our own estimate.
+
+        The server counted them ``age_s`` ago: since then its bucket refilled and we handed
+        out (net) what the ledger says, so the bound is remaining + refill - taken since.
+        Without another client on the key that bound is never below our level (we deduct
+        capacity before the server sees it), so only a real shortfall tightens.
+        """
+        if age_s > LEDGER_S:
+            return
+        taken_requests, taken_tokens = self._taken_since(self._clock() - age_s)
         if requests is not None and self._rpm is not None:
-            self._rpm.clamp_to(requests)
+            self._rpm.clamp_to(requests + self._rpm.refill_per_s * age_s - taken_requests)
         if tokens is not None and self._tpm is not None:
-            self._tpm.clamp_to(tokens)
+            self._tpm.clamp_to(tokens + self._tpm.refill_per_s * age_s - taken_tokens)
         self._dispatch()
 
     def snapshot(self) -> dict[str, Any]:
@@ -282,6 +322,24 @@ class RateBudget:
             self._tpm.take(tokens)
         self._granted_requests += requests
         self._granted_tokens += tokens
+        self._note()
+
+    def _note(self) -> None:
+        """Append the net amounts taken so far; keep one entry older than LEDGER_S as a base."""
+        now = self._clock()
+        net = (now, self._granted_requests - self._refunded_requests, self._granted_tokens - self._refunded_tokens)
+        self._ledger.append(net)
+        while len(self._ledger) > 1 and self._ledger[1][0] <= now - LEDGER_S:
+            self._ledger.popleft()
+
+    def _taken_since(self, since: float) -> tuple[int, int]:
+        """Net requests and tokens handed out after ``since`` (scans back from the newest)."""
+        _, requests_now, tokens_now = self._ledger[-1]
+        for at, requests, tokens in reversed(self._ledger):
+            if at <= since:
+                return requests_now - requests, tokens_now - tokens
+        _, requests, tokens = self._ledger[0]
+        return requests_now - requests, tokens_now - tokens
 
     def _give_back(self, requests: int, tokens: int) -> None:
         if self._rpm is not None:
@@ -298,6 +356,7 @@ class RateBudget:
             self._give_back(waiter.requests, waiter.tokens)
             self._granted_requests -= waiter.requests
             self._granted_tokens -= waiter.tokens
+            self._note()
         self._dispatch()
 
     def _dispatch(self) -> None:

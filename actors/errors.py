@@ -5,7 +5,8 @@
      ├── InvalidTask          a request that fails validation (names the field)
      ├── TaskNotFound         unknown or already-collected task id
      ├── ResultTimeout        get_result(timeout=...) ran out; the task keeps running
-     └── RequestFailed        a request ended without a result (carries its TaskError)
+     ├── RequestFailed        a request ended without a result (carries its TaskError)
+     └── ScopeStopped         the scope's account has no quota left: nothing more is sent
 
 SDK errors are translated in one place (``actors.retry.describe_error``); tasks that fail
 are reported as a ``TaskResult`` with ``error`` set, so ``RequestFailed`` is only raised by
@@ -65,3 +66,14 @@ class RequestFailed(RayfanError):
 
     def __reduce__(self) -> tuple[type, tuple[str, TaskError]]:
         return type(self), (self.custom_id, self.error)
+
+
+class ScopeStopped(RayfanError):
+    """A rate-limit scope hit ``insufficient_quota``: its waiting requests fail with that error.
+
+    Raised inside the adapter before a request is sent, and recorded as the task's error.
+    """
+
+    def __init__(self, error: TaskError) -> None:
+        super().__init__(f"{error.code}: {error.message}")
+        self.error = error

@@ -1,97 +1,20 @@
-"""Tests for actors.bucket on virtual time: nothing here really sleeps.
-
-``VirtualTimeLoop`` is a selector event loop whose ``time()`` reads a ``VirtualClock``.
-Its selector never blocks: when the loop would wait for the next timer it advances the
-clock by exactly that timeout instead, so timers fire "on time" instantly. The same clock
-is handed to the budget, so clock time and loop time agree. If the loop would block with
-nothing scheduled (a waiter nobody will ever wake), or keeps waking far past any test's
-horizon (a waiter that can never be satisfied), the selector raises instead of hanging.
-"""
+"""Tests for actors.bucket on virtual time (tests/vtime.py): nothing here really sleeps."""
 
 from __future__ import annotations
 
 import asyncio
-import selectors
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from actors.bucket import RateBudget, TokenBucket
-
-T = TypeVar("T")
-START = 1000.0  # non-zero so code that assumes the clock starts at 0 fails
-MAX_VIRTUAL_S = 3600.0  # no test needs more; beyond it a wake loop is running away
-MAX_JUMPS = 1000
-
-
-class VirtualClock:
-    """Callable clock; ``jumps`` counts how often the loop slept (to catch polling)."""
-
-    def __init__(self, start: float = START) -> None:
-        self.now = start
-        self.jumps = 0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        assert seconds >= 0
-        self.now += seconds
-
-
-class _VirtualSelector(selectors.DefaultSelector):
-    def __init__(self, clock: VirtualClock) -> None:
-        super().__init__()
-        self._clock = clock
-
-    def select(self, timeout: float | None = None) -> list[Any]:
-        events = super().select(0)  # still serve the loop's self-pipe, without blocking
-        if events or timeout == 0:
-            return events
-        if timeout is None:
-            raise RuntimeError("deadlock: loop would block with no timer scheduled")
-        self._clock.advance(timeout)
-        self._clock.jumps += 1
-        if self._clock.now - START > MAX_VIRTUAL_S or self._clock.jumps > MAX_JUMPS:
-            raise RuntimeError("runaway: waiter never satisfied on virtual time")
-        return []
-
-
-class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    def __init__(self, clock: VirtualClock) -> None:
-        self.clock = clock
-        super().__init__(_VirtualSelector(clock))
-
-    def time(self) -> float:
-        return self.clock.now
-
-
-@pytest.fixture
-def loop() -> Iterator[VirtualTimeLoop]:
-    lp = VirtualTimeLoop(VirtualClock())
-    yield lp
-    lp.run_until_complete(lp.shutdown_asyncgens())
-    lp.close()
-
-
-@pytest.fixture
-def clock(loop: VirtualTimeLoop) -> VirtualClock:
-    return loop.clock
-
-
-def run(loop: VirtualTimeLoop, main: Callable[[], Awaitable[T]]) -> T:
-    return loop.run_until_complete(main())
+from tests.vtime import START, VirtualClock, VirtualTimeLoop, at, clock, loop, run  # noqa: F401  (fixtures)
 
 
 async def finish_time(budget: RateBudget, clock: VirtualClock, requests: int, tokens: int) -> float:
     """Acquire and report when (relative to START) it was granted."""
     await budget.acquire(requests, tokens)
     return clock() - START
-
-
-def at(seconds: float) -> Any:
-    return pytest.approx(seconds, abs=1e-9)
 
 
 # -- TokenBucket ----------------------------------------------------------------------
@@ -596,3 +519,90 @@ def test_budget_is_loop_local(loop: VirtualTimeLoop, clock: VirtualClock) -> Non
             other.run_until_complete(wait_once())
     finally:
         other.close()
+
+
+# -- RateBudget: starting empty, charging, shutting -----------------------------------
+
+
+def test_budget_can_start_empty(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=60, tpm=600, clock=clock, full=False)
+    assert not budget.try_acquire(1, 0)
+
+    async def main() -> float:
+        return await finish_time(budget, clock, 2, 20)
+
+    assert run(loop, main) == at(2.0)
+
+
+def test_charge_takes_without_waiting_and_leaves_debt(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=60, tpm=None, clock=clock)
+    budget.charge(70, 5)  # spent elsewhere: more than the whole bucket
+    snap = budget.snapshot()
+    assert snap["requests_available"] == at(-10)
+    assert snap["granted_requests"] == 70
+
+    async def main() -> float:
+        return await finish_time(budget, clock, 1, 0)
+
+    assert run(loop, main) == at(11.0)
+
+
+def test_shut_fails_queued_and_later_waiters(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=60, tpm=None, clock=clock)
+
+    async def main() -> None:
+        await budget.acquire(60, 0)
+        queued = asyncio.create_task(budget.acquire(1, 0))
+        await asyncio.sleep(0.5)
+        budget.shut(lambda: LookupError("scope stopped"))
+        with pytest.raises(LookupError):
+            await queued
+        with pytest.raises(LookupError):
+            await budget.acquire(1, 0)
+        clock.advance(100)
+        with pytest.raises(LookupError):
+            budget.try_acquire(1, 0)
+
+    run(loop, main)
+    assert clock() - START == at(100.5)  # the queued waiter did not wait for its 1 s
+
+
+# -- RateBudget: server observations that arrive late ---------------------------------
+
+
+def test_late_observation_counts_refill_and_our_grants_since(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=60, tpm=None, clock=clock)  # 1 request/s
+    clock.advance(0.5)
+    assert budget.try_acquire(20, 0)  # at 0.5 s: 40 left
+    clock.advance(0.5)
+    # The server said "50 remaining" at 0 s (someone else took 10); we hear it at 1 s.
+    budget.observe_remaining(requests=50, tokens=None, age_s=1.0)
+    assert budget.snapshot()["requests_available"] == at(50 + 1 - 20)
+
+
+def test_late_observation_alone_on_the_key_never_tightens(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=60, tpm=600, clock=clock)
+    assert budget.try_acquire(60, 600)  # drained; the server agrees at this moment
+    clock.advance(5)
+    budget.observe_remaining(requests=0, tokens=0, age_s=5.0)  # heard 5 s later
+    snap = budget.snapshot()
+    assert (snap["requests_available"], snap["tokens_available"]) == (at(5), at(50))
+
+
+def test_observation_older_than_the_ledger_is_ignored(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=60, tpm=None, clock=clock)
+    clock.advance(100)
+    budget.observe_remaining(requests=0, tokens=None, age_s=61.0)
+    assert budget.snapshot()["requests_available"] == at(60)
+    budget.observe_remaining(requests=0, tokens=None, age_s=59.0)
+    assert budget.snapshot()["requests_available"] == at(59)
+
+
+def test_ledger_keeps_only_a_minute(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=6000, tpm=None, clock=clock)
+    for _ in range(600):
+        clock.advance(1)
+        assert budget.try_acquire(1, 0)
+    assert len(budget._ledger) <= 62
+    budget.observe_remaining(requests=0, tokens=None, age_s=30.0)  # we took 30 since
+    assert budget.snapshot()["requests_available"] == at(0 + 100 * 30 - 30)

@@ -1,0 +1,348 @@
+"""The rate-limit coordinator: one budget and one backoff for every adapter of a scope.
+
+A scope is (endpoint, API key, model): what a provider limits together. ``Coordinator`` is
+a plain async class around one ``RateBudget`` (testable without Ray, on virtual time);
+``RateLimitCoordinator`` is the same class as a Ray async actor, and ``coordinator_for``
+gets or creates the scope's one named instance. The name is a hash, so the key never
+appears in Ray's actor listing.
+
+Adapters lease capacity in slices sized to their recent rate (``actors.leases``), so the
+coordinator is called far less than once per request; what they have to say (capacity
+returned, usage, ``x-ratelimit-*`` headers) rides along with the next lease. From that it
+learns limits nobody gave it, tightens its bucket when the server has less left than it
+thought, pauses the whole scope for the server's retry-after after any 429, and stops the
+scope on ``insufficient_quota``. Capacity leased but never reported back counts as spent,
+so a lost adapter can only make the scope slower, never faster than its limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+import warnings
+from collections import deque
+from dataclasses import dataclass
+
+import ray
+from ray.actor import ActorHandle
+
+from actors.bucket import Clock, RateBudget
+from actors.errors import ScopeStopped
+from actors.limits import (
+    CoordinatorSnapshot,
+    Lease,
+    LeasePolicy,
+    LeaseRequest,
+    Limits,
+    Notice,
+    Observation,
+    RateLimited,
+    Report,
+)
+from actors.models import TaskError
+
+NAMESPACE = "rayfan"
+"""Named coordinators live here, so every job on the cluster finds the same one."""
+WATCH_TIMEOUT_S = 30.0
+"""A watch answers at least this often, so watches of adapters that died do not pile up."""
+ACTIVE_S = 60.0
+"""An adapter heard from within this long counts towards the fallback share."""
+SEEN_REPORTS = 256
+"""Report numbers remembered per adapter; a re-sent report is always far more recent."""
+RATE_WINDOW_S = 60.0
+"""Current rates in the snapshot are over this window."""
+MAX_CONCURRENCY = 10_000
+"""Calls one coordinator serves at once: each adapter parks one watch and one lease."""
+
+
+def scope_name(endpoint: str, api_key: str, model: str) -> str:
+    """A stable actor name for the scope that reveals nothing about the key."""
+    digest = hashlib.sha256(f"{endpoint}|{api_key}|{model}".encode()).hexdigest()[:16]
+    return f"rayfan-limits-{digest}"
+
+
+@dataclass
+class _Held:
+    """Capacity leased to one adapter and not yet reported spent or returned."""
+
+    requests: int = 0
+    tokens: int = 0
+    expires_at: float = 0.0
+
+
+class Coordinator:
+    """Leases a scope's RPM/TPM budget to adapters and turns their reports into one policy."""
+
+    def __init__(
+        self,
+        *,
+        scope: str,
+        endpoint: str,
+        model: str,
+        limits: Limits | None = None,
+        policy: LeasePolicy | None = None,
+        clock: Clock = time.monotonic,
+        restarted: bool = False,
+    ) -> None:
+        self._scope, self._endpoint, self._model = scope, endpoint, model
+        self._given = limits or Limits()
+        self._learned = Limits()
+        self._limits = self._given
+        self._policy = policy or LeasePolicy()
+        self._clock = clock
+        self._restarted = restarted
+        # A restarted coordinator cannot know what was spent just before: it starts empty.
+        self._budget = RateBudget(rpm=self._given.rpm, tpm=self._given.tpm, clock=clock, full=not restarted)
+        self._incarnation = uuid.uuid4().hex[:12]
+        self._epoch = 0
+        self._changed: asyncio.Future[None] | None = None
+        self._seen_response = False
+        self._stopped: TaskError | None = None
+        self._rate_limited = 0
+        self._calls = 0
+        self._held: dict[str, _Held] = {}
+        self._last_seen: dict[str, float] = {}
+        self._applied: dict[str, deque[int]] = {}
+        self._created_at = clock()
+        self._window: deque[tuple[float, int, int]] = deque()
+        self._sent = self._reserved = self._used = 0
+
+    # -- remote API -------------------------------------------------------------------
+
+    async def lease(self, request: LeaseRequest) -> Lease:
+        """Apply the report, then wait (FIFO, behind any pause) for a slice of the budget."""
+        self._calls += 1
+        self._apply(request.client, request.reports)
+        wanted = max(request.need_requests, request.want_requests, request.need_tokens, request.want_tokens) > 0
+        if not wanted or self._stopped is not None:
+            return Lease(requests=0, tokens=0, ttl_s=self._policy.ttl_s, notice=self._notice())
+        probing = self._probing
+        requests, tokens = self._size(request)
+        try:
+            await self._budget.acquire(requests, tokens)
+        except ScopeStopped:
+            return Lease(requests=0, tokens=0, ttl_s=self._policy.ttl_s, notice=self._notice())
+        self._hold(request.client, requests, tokens)
+        return Lease(
+            requests=requests if self._limits.rpm is not None or probing else None,
+            tokens=tokens if self._limits.tpm is not None else None,
+            ttl_s=self._policy.ttl_s,
+            notice=self._notice(),
+            probe=probing,
+        )
+
+    async def report(self, client: str, reports: list[Report]) -> Notice:
+        """Take reports that cannot wait for the next lease (a 429, capacity back from an idle adapter)."""
+        self._calls += 1
+        self._apply(client, reports)
+        return self._notice()
+
+    async def watch(self, client: str, epoch: int, incarnation: str | None) -> Notice:
+        """Answer when the scope changes after ``epoch`` (pause, stop, limits), or after a while.
+
+        A caller that knew another incarnation is answered at once: it is reconnecting.
+        """
+        self._last_seen[client] = self._clock()
+        if incarnation == self._incarnation and epoch >= self._epoch:
+            if self._changed is None:
+                self._changed = asyncio.get_running_loop().create_future()
+            await asyncio.wait({self._changed}, timeout=WATCH_TIMEOUT_S)
+        self._calls += 1
+        return self._notice()
+
+    async def configure(self, limits: Limits) -> None:
+        """Set the given limits (``--rpm``/``--tpm``); a dimension left ``None`` keeps its value."""
+        self._given = Limits(rpm=limits.rpm or self._given.rpm, tpm=limits.tpm or self._given.tpm)
+        self._update_limits()
+
+    async def snapshot(self) -> CoordinatorSnapshot:
+        now = self._clock()
+        self._trim_window(now)
+        span = min(RATE_WINDOW_S, now - self._created_at)
+        per_min = 60.0 / span if span > 0 else 0.0
+        live = [held for held in self._held.values() if held.expires_at > now and (held.requests > 0 or held.tokens > 0)]
+        budget = self._budget.snapshot()
+        return CoordinatorSnapshot(
+            scope=self._scope,
+            endpoint=self._endpoint,
+            model=self._model,
+            given=self._given,
+            learned=self._learned,
+            limits=self._limits,
+            requests_per_min=sum(sent for _, sent, _ in self._window) * per_min,
+            tokens_per_min=sum(used for _, _, used in self._window) * per_min,
+            requests_sent=self._sent,
+            reserved_tokens=self._reserved,
+            used_tokens=self._used,
+            requests_available=budget["requests_available"],
+            tokens_available=budget["tokens_available"],
+            paused_for_s=self._pause_left(),
+            rate_limited=self._rate_limited,
+            stopped=self._stopped,
+            leases_outstanding=len(live),
+            held_requests=sum(held.requests for held in live),
+            held_tokens=sum(held.tokens for held in live),
+            clients=self._clients(now),
+            calls=self._calls,
+            restarted=self._restarted,
+        )
+
+    # -- reports ----------------------------------------------------------------------
+
+    def _apply(self, client: str, reports: list[Report]) -> None:
+        self._last_seen[client] = self._clock()
+        applied = self._applied.setdefault(client, deque(maxlen=SEEN_REPORTS))
+        for report in reports:
+            if report.seq not in applied:
+                applied.append(report.seq)
+                self._apply_one(client, report)
+
+    def _apply_one(self, client: str, report: Report) -> None:
+        now = self._clock()
+        self._settle_returned(report.returned_requests, report.returned_tokens)
+        held = self._held.get(client)
+        if held is not None:
+            held.requests = max(0, held.requests - report.sent - max(report.returned_requests, 0))
+            held.tokens = max(0, held.tokens - report.reserved_tokens - max(report.returned_tokens, 0))
+        if report.sent or report.used_tokens:
+            self._sent += report.sent
+            self._reserved += report.reserved_tokens
+            self._used += report.used_tokens
+            self._window.append((now, report.sent, report.used_tokens))
+        if report.observation is not None:
+            self._observe(report.observation)
+        if report.rate_limited is not None:
+            self._on_rate_limited(report.rate_limited)
+
+    def _settle_returned(self, requests: int, tokens: int) -> None:
+        """Positive amounts come back to the budget; negative ones were spent on a fallback share."""
+        if requests > 0 or tokens > 0:
+            self._budget.refund(max(requests, 0), max(tokens, 0))
+        if requests < 0 or tokens < 0:
+            self._budget.charge(max(-requests, 0), max(-tokens, 0))
+
+    def _observe(self, observation: Observation) -> None:
+        self._seen_response = True
+        learned = observation.limits
+        if learned.known:
+            self._learned = Limits(rpm=learned.rpm or self._learned.rpm, tpm=learned.tpm or self._learned.tpm)
+            self._update_limits()
+        self._budget.observe_remaining(
+            observation.remaining_requests, observation.remaining_tokens, age_s=observation.age_s
+        )
+
+    def _on_rate_limited(self, event: RateLimited) -> None:
+        self._rate_limited += 1
+        if event.fatal is not None:
+            self._stop(event.fatal)
+            return
+        before = self._budget.paused_until
+        self._budget.pause_until(self._clock() + event.pause_s)
+        if self._budget.paused_until != before:
+            self._bump()
+
+    def _stop(self, error: TaskError) -> None:
+        if self._stopped is not None:
+            return
+        self._stopped = error
+        self._budget.shut(lambda: ScopeStopped(error))
+        self._bump()
+
+    def _update_limits(self) -> None:
+        limits = self._given.tightest(self._learned)
+        if limits != self._limits:
+            self._limits = limits
+            self._budget.set_limits(rpm=limits.rpm, tpm=limits.tpm)
+            self._bump()
+
+    # -- leasing ----------------------------------------------------------------------
+
+    @property
+    def _probing(self) -> bool:
+        """No limit known and no response seen yet: lease one request at a time until the
+        first response's headers say what the limits are (or that there are none)."""
+        return not self._limits.known and not self._seen_response
+
+    def _size(self, request: LeaseRequest) -> tuple[int, int]:
+        """At least what the first waiter needs; up to what the adapter wants, capped."""
+        if self._probing:
+            return 1, 0
+        return (
+            self._amount(request.need_requests, request.want_requests, self._limits.rpm),
+            self._amount(request.need_tokens, request.want_tokens, self._limits.tpm),
+        )
+
+    def _amount(self, need: int, want: int, per_minute: int | None) -> int:
+        if per_minute is None:
+            return 0
+        cap = max(1, int(per_minute / 60.0 * self._policy.max_lease_s))
+        return max(need, min(want, cap))
+
+    def _hold(self, client: str, requests: int, tokens: int) -> None:
+        held = self._held.setdefault(client, _Held())
+        held.requests += requests
+        held.tokens += tokens
+        held.expires_at = self._clock() + self._policy.ttl_s
+
+    # -- notices ----------------------------------------------------------------------
+
+    def _notice(self) -> Notice:
+        return Notice(
+            incarnation=self._incarnation,
+            epoch=self._epoch,
+            limits=self._limits,
+            clients=self._clients(self._clock()),
+            paused_for_s=self._pause_left(),
+            stopped=self._stopped,
+        )
+
+    def _bump(self) -> None:
+        """Something adapters must act on changed: answer every watch."""
+        self._epoch += 1
+        if self._changed is not None:
+            self._changed.set_result(None)
+            self._changed = None
+
+    def _pause_left(self) -> float:
+        until = self._budget.paused_until
+        return 0.0 if until is None else max(0.0, until - self._clock())
+
+    def _clients(self, now: float) -> int:
+        return sum(seen > now - ACTIVE_S for seen in self._last_seen.values())
+
+    def _trim_window(self, now: float) -> None:
+        while self._window and self._window[0][0] <= now - RATE_WINDOW_S:
+            self._window.popleft()
+
+
+class _CoordinatorActor(Coordinator):
+    """The coordinator inside Ray: knows when Ray restarted it, and then starts empty."""
+
+    def __init__(self, *, scope: str, endpoint: str, model: str, limits: Limits, policy: LeasePolicy) -> None:
+        with warnings.catch_warnings():  # Ray's own property trips its own deprecation of actor_id
+            warnings.simplefilter("ignore", DeprecationWarning)
+            restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        super().__init__(scope=scope, endpoint=endpoint, model=model, limits=limits, policy=policy, restarted=restarted)
+
+
+RateLimitCoordinator = ray.remote(max_restarts=-1, max_concurrency=MAX_CONCURRENCY, num_cpus=0)(_CoordinatorActor)
+
+
+def coordinator_for(
+    endpoint: str, api_key: str, model: str, *, limits: Limits | None = None, policy: LeasePolicy | None = None
+) -> ActorHandle:
+    """The scope's coordinator, created on first use; later callers get the same actor.
+
+    Detached, so it outlives the job that created it and other jobs on the cluster share
+    it. Limits given here are applied to an existing coordinator too.
+    """
+    name = scope_name(endpoint, api_key, model)
+    limits = limits or Limits()
+    handle = RateLimitCoordinator.options(
+        name=name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached"
+    ).remote(scope=name, endpoint=endpoint, model=model, limits=limits, policy=policy or LeasePolicy())
+    if limits.known:
+        ray.get(handle.configure.remote(limits))
+    return handle

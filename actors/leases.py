@@ -1,0 +1,586 @@
+"""The adapter's side of a coordinated scope: capacity leased in slices and spent locally.
+
+A ``LeaseClient`` keeps a local pool (requests, tokens) leased from the scope's
+coordinator and spends one request and its reservation from it per attempt, so the
+coordinator is called about once per lease, not once per request. A lease is sized to the
+adapter's recent demand over ``horizon_s``; the next one is asked for when the pool runs
+low, with one call in flight at a time (waiting attempts wait on futures, FIFO). A
+settled attempt's surplus goes back into the pool; what is left when the pool expires,
+usage and the latest ``x-ratelimit-*`` headers ride along with the next call, as numbered
+reports that are re-sent until a call carrying them succeeds.
+
+One parked ``watch`` call per adapter brings pauses (any adapter's 429), a stop
+(insufficient_quota) and new limits at once. When the coordinator cannot be reached the
+client spends a fallback share (the limit / the number of adapters, starting empty) and
+reports that spending as debt once the coordinator answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import time
+import uuid
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import ray
+from pydantic import BaseModel, ConfigDict, Field
+from ray.actor import ActorHandle
+from ray.exceptions import RayActorError
+
+from actors.bucket import Clock, RateBudget
+from actors.errors import ScopeStopped
+from actors.limiter import Limiter, Permit
+from actors.limits import Lease, LeasePolicy, LeaseRequest, Limits, Notice, Observation, RateLimited, Report
+from actors.models import TaskError
+
+log = logging.getLogger(__name__)
+
+_INF = math.inf
+_MAX_BACKOFF = 8  # reconnect waits grow to this multiple of LeasePolicy.reconnect_s
+
+
+class CoordinatorUnreachable(Exception):
+    """Raised by a link when the coordinator cannot answer; the client falls back, never the caller."""
+
+
+class CoordinatorLink(Protocol):
+    """How a client reaches its coordinator: a Ray handle in production, the object in tests."""
+
+    async def lease(self, request: LeaseRequest) -> Lease: ...
+
+    async def report(self, client: str, reports: list[Report]) -> Notice: ...
+
+    async def watch(self, client: str, epoch: int, incarnation: str | None) -> Notice: ...
+
+
+class RayLink:
+    """The coordinator actor behind a handle; a dead or restarting actor is ``CoordinatorUnreachable``."""
+
+    def __init__(self, handle: ActorHandle) -> None:
+        self._handle = handle
+
+    async def lease(self, request: LeaseRequest) -> Lease:
+        lease: Lease = await self._call(self._handle.lease.remote(request))
+        return lease
+
+    async def report(self, client: str, reports: list[Report]) -> Notice:
+        notice: Notice = await self._call(self._handle.report.remote(client, reports))
+        return notice
+
+    async def watch(self, client: str, epoch: int, incarnation: str | None) -> Notice:
+        notice: Notice = await self._call(self._handle.watch.remote(client, epoch, incarnation))
+        return notice
+
+    @staticmethod
+    async def _call(ref: ray.ObjectRef) -> object:
+        try:
+            return await ref
+        except asyncio.CancelledError:
+            ray.cancel(ref)  # the coordinator stops waiting too (and gives back a grant it raced)
+            raise
+        except RayActorError as error:
+            raise CoordinatorUnreachable(str(error).splitlines()[0]) from error
+
+
+class CoordinatedLimit(BaseModel):
+    """Share the scope's limits through its coordinator (see ``actors.coordinator.coordinator_for``)."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    coordinator: ActorHandle
+    adapters: int = Field(ge=1)
+    """Adapters in the scope, for the fallback share while the coordinator is away."""
+    limits: Limits = Field(default_factory=Limits)
+    """Limits known before the first lease (the fallback share's base until a lease says more)."""
+    policy: LeasePolicy = Field(default_factory=LeasePolicy)
+
+    def build(self, client: str) -> Limiter:
+        return LeaseClient(
+            RayLink(self.coordinator),
+            client=f"{client}-{uuid.uuid4().hex[:6]}",
+            adapters=self.adapters,
+            limits=self.limits,
+            policy=self.policy,
+        )
+
+
+@dataclass(slots=True)
+class _Waiter:
+    tokens: int
+    future: asyncio.Future[Permit]
+
+
+@dataclass(slots=True)
+class _Pool:
+    """Leased capacity not yet spent; ``inf`` where the scope has no limit."""
+
+    requests: float = 0.0
+    tokens: float = 0.0
+    expires_at: float = -_INF
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class _Pending:
+    """What the next call will tell the coordinator."""
+
+    returned_requests: int = 0
+    returned_tokens: int = 0
+    sent: int = 0
+    reserved: int = 0
+    used: int = 0
+    headers: Mapping[str, str] | None = None
+    headers_at: float = 0.0
+    flush: bool = False
+    """Capacity came back from an expired pool that no lease call may carry soon."""
+
+    def empty(self) -> bool:
+        return not (self.returned_requests or self.returned_tokens or self.sent or self.used or self.headers is not None)
+
+    def take(self, seq: int, now: float, rate_limited: RateLimited | None = None) -> Report:
+        observation = None
+        if self.headers is not None:
+            observation = Observation.from_headers(self.headers, age_s=now - self.headers_at)
+        report = Report(
+            seq=seq,
+            returned_requests=self.returned_requests,
+            returned_tokens=self.returned_tokens,
+            sent=self.sent,
+            reserved_tokens=self.reserved,
+            used_tokens=self.used,
+            observation=observation,
+            rate_limited=rate_limited,
+        )
+        self.returned_requests = self.returned_tokens = self.sent = self.reserved = self.used = 0
+        self.headers = None
+        self.flush = False
+        return report
+
+
+@dataclass(slots=True)
+class _RateMeter:
+    """Requests and tokens per second, exponentially weighted over ``tau`` seconds."""
+
+    tau: float
+    requests: float = 0.0
+    tokens: float = 0.0
+    at: float = field(default=-_INF)
+
+    def add(self, now: float, requests: int, tokens: int) -> None:
+        self._decay(now)
+        self.requests += requests
+        self.tokens += tokens
+
+    def rates(self, now: float) -> tuple[float, float]:
+        self._decay(now)
+        return self.requests / self.tau, self.tokens / self.tau
+
+    def _decay(self, now: float) -> None:
+        if now > self.at:
+            factor = math.exp((self.at - now) / self.tau) if self.at > -_INF else 0.0
+            self.requests *= factor
+            self.tokens *= factor
+            self.at = now
+
+
+class LeaseClient(Limiter):
+    """Spends capacity leased from the scope's coordinator; see the module docstring."""
+
+    def __init__(
+        self,
+        link: CoordinatorLink,
+        *,
+        client: str,
+        adapters: int,
+        limits: Limits | None = None,
+        policy: LeasePolicy | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._link = link
+        self._client = client
+        self._adapters = adapters
+        self._limits = limits or Limits()
+        self._policy = policy or LeasePolicy()
+        self._clock = clock
+        self._pool = _Pool()
+        self._pending = _Pending()
+        self._seq = itertools.count()
+        self._unacked: list[Report] = []
+        self._meter = _RateMeter(self._policy.horizon_s)
+        self._waiters: deque[_Waiter] = deque()
+        self._refill: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        self._resume: asyncio.TimerHandle | None = None
+        self._paused_until = -_INF
+        self._stopped: TaskError | None = None
+        self._fallback: RateBudget | None = None
+        self._probe_out = False
+        self._clients = adapters
+        self._epoch = 0
+        self._incarnation: str | None = None
+        self._closed = False
+        self.calls = 0
+        """Coordinator calls answered: leases, reports and watches."""
+
+    @property
+    def in_fallback(self) -> bool:
+        return self._fallback is not None
+
+    # -- Limiter ----------------------------------------------------------------------
+
+    async def acquire(self, tokens: int) -> Permit:
+        if self._stopped is not None:
+            raise ScopeStopped(self._stopped)
+        if self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_loop(), name=f"{self._client}-watch")
+            self._watcher.add_done_callback(self._watch_done)
+        now = self._clock()
+        self._meter.add(now, 1, tokens)
+        if not self._waiters and self._spendable(now, tokens):
+            permit = self._spend(tokens)
+            self._maybe_refill(now)
+            return permit
+        waiter = _Waiter(tokens, asyncio.get_running_loop().create_future())
+        self._waiters.append(waiter)
+        self._pump()
+        try:
+            return await waiter.future
+        except asyncio.CancelledError:
+            if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
+                self._unspend(waiter.future.result())
+            self._pump()
+            raise
+
+    def settle(self, permit: Permit, used_tokens: int) -> None:
+        self._pending.used += used_tokens
+        self._probe_out = False
+        delta = permit.tokens - used_tokens
+        if permit.generation == self._pool.generation:
+            self._pool.tokens += delta
+        else:
+            self._pending.returned_tokens += delta
+        self._pump()
+
+    def observe(self, headers: Mapping[str, str]) -> None:
+        """Keep the latest headers; they are read only when the next report is built."""
+        self._pending.headers = headers
+        self._pending.headers_at = self._clock()
+
+    async def rate_limited(self, event: RateLimited) -> None:
+        """Pause (or stop) here at once, and tell the coordinator now so everyone does."""
+        now = self._clock()
+        if event.fatal is not None:
+            self._stop(event.fatal)
+        else:
+            self._paused_until = max(self._paused_until, now + event.pause_s)
+        notice = await self._send_reports(self._outgoing(now, rate_limited=event))
+        if notice is not None:
+            self._apply(notice)
+
+    async def close(self) -> None:
+        """Stop background work and give back what the pool still holds."""
+        self._closed = True
+        for handle in (self._expiry, self._resume):
+            if handle is not None:
+                handle.cancel()
+        tasks = [task for task in (self._refill, self._watcher) if task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        self._expire()
+        await self._send_reports(self._outgoing(self._clock()))
+
+    # -- spending ---------------------------------------------------------------------
+
+    def _spendable(self, now: float, tokens: int) -> bool:
+        if now < self._paused_until:
+            return False
+        if now >= self._pool.expires_at:
+            self._expire()
+            return False
+        return self._pool.requests >= 1 and self._pool.tokens >= tokens
+
+    def _spend(self, tokens: int) -> Permit:
+        self._pool.requests -= 1
+        self._pool.tokens -= tokens
+        self._pending.sent += 1
+        self._pending.reserved += tokens
+        return Permit(tokens, self._pool.generation)
+
+    def _unspend(self, permit: Permit) -> None:
+        """A waiter was cancelled after its permit was granted: nothing was sent."""
+        self._pending.sent -= 1
+        self._pending.reserved -= permit.tokens
+        if permit.generation == self._pool.generation:
+            self._pool.requests += 1
+            self._pool.tokens += permit.tokens
+        else:
+            self._pending.returned_requests += 1
+            self._pending.returned_tokens += permit.tokens
+
+    def _head(self) -> _Waiter | None:
+        """The first waiter still waiting (cancelled ones are dropped on the way)."""
+        while self._waiters and self._waiters[0].future.done():
+            self._waiters.popleft()
+        return self._waiters[0] if self._waiters else None
+
+    def _pump(self) -> None:
+        """Grant waiters from the pool in order, then ask for more if needed."""
+        now = self._clock()
+        while (head := self._head()) is not None and self._spendable(now, head.tokens):
+            self._waiters.popleft()
+            head.future.set_result(self._spend(head.tokens))
+        if self._head() is not None and now < self._paused_until and self._resume is None:
+            loop = asyncio.get_running_loop()
+            self._resume = loop.call_at(loop.time() + self._paused_until - now, self._on_resume)
+        self._maybe_refill(now)
+
+    def _on_resume(self) -> None:
+        self._resume = None
+        self._pump()
+
+    def _expire(self) -> None:
+        """The pool's lease ran out: its remainder (or debt) goes back with the next call."""
+        pool = self._pool
+        for dimension in ("requests", "tokens"):
+            left = getattr(pool, dimension)
+            if left != 0 and not math.isinf(left):
+                setattr(self._pending, f"returned_{dimension}", getattr(self._pending, f"returned_{dimension}") + int(left))
+                self._pending.flush = True
+        pool.requests = pool.tokens = 0.0
+        pool.expires_at = -_INF
+        pool.generation += 1
+
+    def _on_expiry(self) -> None:
+        self._expiry = None
+        if self._clock() >= self._pool.expires_at:
+            self._expire()
+        self._pump()
+
+    def _extend(self, expires_at: float) -> None:
+        self._pool.expires_at = expires_at
+        if self._expiry is not None:
+            self._expiry.cancel()
+        loop = asyncio.get_running_loop()
+        self._expiry = loop.call_at(loop.time() + expires_at - self._clock(), self._on_expiry)
+
+    # -- refilling --------------------------------------------------------------------
+
+    def _maybe_refill(self, now: float) -> None:
+        if self._refill is None and not self._closed and self._refill_due(now):
+            self._refill = asyncio.get_running_loop().create_task(self._refill_loop(), name=f"{self._client}-lease")
+            self._refill.add_done_callback(self._refill_done)
+
+    def _refill_due(self, now: float) -> bool:
+        if self._stopped is not None or now < self._paused_until:
+            return False
+        if self._fallback is not None:
+            return self._head() is not None
+        if self._probe_out:
+            return self._pending.flush
+        return self._head() is not None or self._running_low(now) or self._pending.flush
+
+    def _running_low(self, now: float) -> bool:
+        """Prefetch: the pool holds less than ``refill_below`` of a lease at the recent rate.
+
+        Only while at least one request is expected within the horizon: a rate decaying
+        towards zero must not keep leasing single requests that then expire unused.
+        """
+        rate_requests, rate_tokens = self._meter.rates(now)
+        if rate_requests * self._policy.horizon_s < 1:
+            return False
+        low = self._policy.horizon_s * self._policy.refill_below
+        return self._pool.requests < rate_requests * low or self._pool.tokens < rate_tokens * low
+
+    async def _refill_loop(self) -> None:
+        while self._refill_due(self._clock()):
+            if self._fallback is not None:
+                await self._draw_fallback(self._fallback)
+            elif self._head() is None and not self._running_low(self._clock()):
+                await self._send_flush()
+            else:
+                await self._lease_once()
+            self._pump()
+
+    def _refill_done(self, task: asyncio.Task[None]) -> None:
+        self._refill = None
+        if task.cancelled():
+            self._pump()
+            return
+        error = task.exception()
+        if error is None:
+            self._pump()
+            return
+        log.error("%s: leasing failed; failing the waiting requests", self._client, exc_info=error)
+        while (head := self._head()) is not None:
+            self._waiters.popleft()
+            head.future.set_exception(error)
+
+    def _demand(self, now: float) -> LeaseRequest:
+        """Need: what the first waiter lacks. Want: the queue, or ``horizon_s`` at the recent rate."""
+        waiting = [waiter for waiter in self._waiters if not waiter.future.done()]
+        rate_requests, rate_tokens = self._meter.rates(now)
+        horizon = self._policy.horizon_s
+        need_requests, want_requests = _ask(self._pool.requests, 1 if waiting else 0, len(waiting), rate_requests * horizon)
+        need_tokens, want_tokens = _ask(
+            self._pool.tokens, waiting[0].tokens if waiting else 0, sum(w.tokens for w in waiting), rate_tokens * horizon
+        )
+        return LeaseRequest(
+            client=self._client,
+            reports=self._outgoing(now),
+            need_requests=need_requests,
+            need_tokens=need_tokens,
+            want_requests=want_requests,
+            want_tokens=want_tokens,
+        )
+
+    async def _lease_once(self) -> None:
+        self._spendable(self._clock(), 0)  # drop an expired pool before sizing the ask
+        request = self._demand(self._clock())
+        try:
+            lease = await self._link.lease(request)
+        except CoordinatorUnreachable as error:
+            self._enter_fallback(error)
+            return
+        self.calls += 1
+        self._acked(request.reports)
+        self._apply(lease.notice)
+        if self._stopped is None:
+            self._pool.requests = _merged(self._pool.requests, lease.requests)
+            self._pool.tokens = _merged(self._pool.tokens, lease.tokens)
+            self._probe_out = lease.probe
+            self._extend(self._clock() + lease.ttl_s)
+
+    async def _send_flush(self) -> None:
+        notice = await self._send_reports(self._outgoing(self._clock()))
+        if notice is not None:
+            self._apply(notice)
+
+    async def _send_reports(self, reports: list[Report]) -> Notice | None:
+        """Report now; if the coordinator is away, the reports wait for the next call."""
+        try:
+            notice = await self._link.report(self._client, reports)
+        except CoordinatorUnreachable as error:
+            self._enter_fallback(error)
+            return None
+        self.calls += 1
+        self._acked(reports)
+        return notice
+
+    def _outgoing(self, now: float, rate_limited: RateLimited | None = None) -> list[Report]:
+        """Reports not yet acknowledged, plus one for what is pending now (if anything)."""
+        if rate_limited is not None or not self._pending.empty():
+            self._unacked.append(self._pending.take(next(self._seq), now, rate_limited))
+        return list(self._unacked)
+
+    def _acked(self, reports: list[Report]) -> None:
+        done = {report.seq for report in reports}
+        self._unacked = [report for report in self._unacked if report.seq not in done]
+
+    # -- coordinator state ------------------------------------------------------------
+
+    def _apply(self, notice: Notice) -> None:
+        if notice.incarnation != self._incarnation:
+            self._incarnation, self._epoch = notice.incarnation, notice.epoch
+        self._epoch = max(self._epoch, notice.epoch)
+        if self._fallback is not None:
+            self._fallback = None
+            log.warning("%s: coordinator reachable again; leaving the fallback share", self._client)
+        newly_limited = (notice.limits.rpm is not None and math.isinf(self._pool.requests)) or (
+            notice.limits.tpm is not None and math.isinf(self._pool.tokens)
+        )
+        self._limits = notice.limits if notice.limits.known else self._limits
+        self._clients = notice.clients
+        if notice.stopped is not None:
+            self._stop(notice.stopped)
+            return
+        if notice.paused_for_s > 0:
+            self._paused_until = max(self._paused_until, self._clock() + notice.paused_for_s)
+        if newly_limited:
+            self._expire()  # an unlimited pool must not outlive the limit just learned
+        self._pump()
+
+    def _stop(self, error: TaskError) -> None:
+        """insufficient_quota: every waiting and later request fails with it."""
+        if self._stopped is not None:
+            return
+        self._stopped = error
+        while (head := self._head()) is not None:
+            self._waiters.popleft()
+            head.future.set_exception(ScopeStopped(error))
+        current = asyncio.current_task()
+        for task in (self._refill, self._watcher):
+            if task is not None and task is not current:
+                task.cancel()
+
+    def _enter_fallback(self, error: CoordinatorUnreachable) -> None:
+        if self._fallback is not None or self._stopped is not None:
+            return
+        share = self._limits.share(max(self._adapters, self._clients))
+        self._fallback = RateBudget(rpm=share.rpm, tpm=share.tpm, clock=self._clock, full=False)
+        log.warning(
+            "%s: coordinator unreachable (%s); limiting this adapter to rpm=%s tpm=%s until it answers",
+            self._client, error, share.rpm, share.tpm,
+        )
+        if self._refill is not None and self._refill is not asyncio.current_task():
+            self._refill.cancel()  # it may be stuck on the lost coordinator; restarted on the fallback
+
+    async def _draw_fallback(self, budget: RateBudget) -> None:
+        """Take what the first waiter lacks from the local share, as debt to report later."""
+        now = self._clock()
+        self._spendable(now, 0)
+        head = self._head()
+        if head is None:
+            return
+        need_requests, _ = _ask(self._pool.requests, 1, 1, 0)
+        need_tokens, _ = _ask(self._pool.tokens, head.tokens, head.tokens, 0)
+        await budget.acquire(need_requests, need_tokens)
+        self._pool.requests += need_requests
+        self._pool.tokens += need_tokens
+        self._pending.returned_requests -= need_requests
+        self._pending.returned_tokens -= need_tokens
+        if self._pool.expires_at < self._clock() + self._policy.ttl_s:
+            self._extend(self._clock() + self._policy.ttl_s)
+
+    async def _watch_loop(self) -> None:
+        """Keep one watch parked at the coordinator; a failed one means it is away."""
+        delay = self._policy.reconnect_s
+        while self._stopped is None:
+            try:
+                notice = await self._link.watch(self._client, self._epoch, self._incarnation)
+            except CoordinatorUnreachable as error:
+                self._enter_fallback(error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._policy.reconnect_s * _MAX_BACKOFF)
+                continue
+            delay = self._policy.reconnect_s
+            self.calls += 1
+            self._apply(notice)
+
+    def _watch_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: watching the coordinator failed", self._client, exc_info=task.exception())
+
+
+def _ask(pool: float, head: float, queued: float, target: float) -> tuple[int, int]:
+    """(need, want) for one dimension: what the head lacks, and what fills the pool to the
+    larger of the queue and the target. Nothing for a dimension without a limit."""
+    if math.isinf(pool):
+        return 0, 0
+    need = max(0, math.ceil(head - pool))
+    return need, max(need, math.ceil(max(queued, target) - pool))
+
+
+def _merged(pool: float, granted: int | None) -> float:
+    """Add a grant to the pool; ``None`` means unlimited, and a limit replaces an unlimited pool."""
+    if granted is None:
+        return _INF
+    return (0.0 if math.isinf(pool) else pool) + granted
