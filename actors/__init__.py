@@ -1,7 +1,11 @@
 """Ray actors of rayfan: the OpenAI adapter and (with limits) the rate-limit coordinator."""
 
 from actors.adapter import Adapter, AdapterInfo, AdapterStats, OpenAIAdapter
-from actors.errors import ConfigError, InvalidTask, RayfanError, RequestFailed, ResultTimeout, TaskNotFound
+from actors.coordinator import Coordinator, RateLimitCoordinator, coordinator_for
+from actors.errors import ConfigError, InvalidTask, RayfanError, RequestFailed, ResultTimeout, ScopeStopped, TaskNotFound
+from actors.leases import CoordinatedLimit
+from actors.limiter import LocalLimit
+from actors.limits import CoordinatorSnapshot, LeasePolicy, Limits
 from actors.models import (
     DEFAULT_MODEL,
     ChatTask,
@@ -23,19 +27,28 @@ __all__ = [
     "AdapterStats",
     "ChatTask",
     "ConfigError",
+    "CoordinatedLimit",
+    "Coordinator",
+    "CoordinatorSnapshot",
     "EmbeddingTask",
     "InvalidTask",
+    "LeasePolicy",
+    "Limits",
+    "LocalLimit",
     "OpenAIAdapter",
     "PriceTable",
+    "RateLimitCoordinator",
     "RayfanError",
     "RequestFailed",
     "ResponsesTask",
     "ResultTimeout",
     "RetryPolicy",
+    "ScopeStopped",
     "TaskError",
     "TaskNotFound",
     "TaskResult",
     "TaskStatus",
     "Usage",
+    "coordinator_for",
     "parse_task",
 ]

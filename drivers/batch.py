@@ -10,13 +10,15 @@ from pathlib import Path
 import ray
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from actors.limits import Limits
 from actors.models import DEFAULT_MODEL
 from actors.pricing import PriceTable
 from drivers.budget import Budget
-from drivers.cluster import connect, start_adapters
+from drivers.cluster import connect, shared_limit, start_adapters
 from drivers.estimate import estimate_request
 from drivers.fanout import Dispatcher
 from drivers.inputs import InputProblem, InputRequest, RequestDefaults, read_requests
+from drivers.limits import close_and_report
 from drivers.outputs import (
     BUDGET_EXHAUSTED,
     UNPRICED,
@@ -50,6 +52,9 @@ class BatchOptions(BaseModel):
     """Covers the records already in the output too, so a resumed run cannot spend it twice."""
     sort: bool = False
     defaults: RequestDefaults = Field(default_factory=RequestDefaults)
+    rpm: int | None = Field(default=None, gt=0)
+    tpm: int | None = Field(default=None, gt=0)
+    """Rate limits of the key for this model; what is not given is learned from the server's headers."""
 
 
 def run_batch(options: BatchOptions, *, progress: ProgressBar | None = None) -> RunSummary:
@@ -64,13 +69,13 @@ def run_batch(options: BatchOptions, *, progress: ProgressBar | None = None) -> 
     )
     budget = Budget(options.budget_usd, spent_usd=resume.cost_usd) if options.budget_usd is not None else None
     connect(options.address)
-    adapters = start_adapters(
-        options.adapters,
-        base_url=options.base_url,
-        api_key=options.api_key.get_secret_value() if options.api_key else None,
-        model=options.model,
+    api_key = options.api_key.get_secret_value() if options.api_key else None
+    limit = shared_limit(
+        options.adapters, base_url=options.base_url, api_key=api_key, model=options.model, limits=Limits(rpm=options.rpm, tpm=options.tpm)
     )
+    adapters = start_adapters(options.adapters, base_url=options.base_url, api_key=api_key, model=options.model, limit=limit)
     try:
+        sending = time.monotonic()
         with OutputWriter(options.output) as out:
             run = _Run(Dispatcher(adapters, max_in_flight=options.max_in_flight), out, summary, budget, progress)
             try:
@@ -78,6 +83,7 @@ def run_batch(options: BatchOptions, *, progress: ProgressBar | None = None) -> 
             except KeyboardInterrupt:
                 summary.interrupted = True
                 run.drain(deadline=time.monotonic() + DRAIN_ON_INTERRUPT_S)
+        summary.rate = close_and_report(adapters, limit, time.monotonic() - sending)
     finally:
         for adapter in adapters:
             ray.kill(adapter)

@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the estimated cost range of the whole file; send nothing")
     run.add_argument("--strict", action="store_true", help="validate the whole file first; if a line is bad, list every problem and send nothing")
     run.add_argument("--sort", action="store_true", help="at the end, rewrite the output in input order")
+    run.add_argument("--rpm", type=_positive(int), default=None, help="requests per minute the key may send to this model (all adapters together; default: learned from the server)")
+    run.add_argument("--tpm", type=_positive(int), default=None, help="tokens per minute, likewise")
     run.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -123,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             budget_usd=args.budget_usd,
             sort=args.sort,
             defaults=defaults,
+            rpm=args.rpm,
+            tpm=args.tpm,
         )
         summary = run_batch(options, progress=progress)
     if progress is not None:

@@ -10,9 +10,15 @@ from pydantic import SecretStr
 from ray.actor import ActorHandle
 
 from actors.adapter import OpenAIAdapter
+from actors.coordinator import coordinator_for
+from actors.leases import CoordinatedLimit
+from actors.limiter import LimitSpec
+from actors.limits import Limits
 from actors.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"  # the SDK's default endpoint
 
 
 def connect(address: str | None) -> None:
@@ -29,6 +35,7 @@ def start_adapters(
     api_key: str | None,
     model: str,
     retry: RetryPolicy | None = None,
+    limit: LimitSpec | None = None,
 ) -> list[ActorHandle]:
     """K adapter actors SPREAD over the nodes. The key travels as a SecretStr, never in
     options or names that Ray lists; without one, each adapter reads its node's environment."""
@@ -36,7 +43,16 @@ def start_adapters(
     secret = SecretStr(key) if key else None
     return [
         OpenAIAdapter.options(scheduling_strategy="SPREAD").remote(
-            base_url=base_url, api_key=secret, model=model, name=f"adapter-{index}", retry=retry
+            base_url=base_url, api_key=secret, model=model, name=f"adapter-{index}", retry=retry, limit=limit
         )
         for index in range(count)
     ]
+
+
+def shared_limit(count: int, *, base_url: str | None, api_key: str | None, model: str, limits: Limits) -> CoordinatedLimit:
+    """The scope's rate-limit coordinator (found, or created on first use) as the limit all
+    ``count`` adapters share; ``limits`` are the given ones, the rest is learned from headers."""
+    endpoint = (base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL).rstrip("/")
+    key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "")
+    coordinator = coordinator_for(endpoint, key, model, limits=limits)
+    return CoordinatedLimit(coordinator=coordinator, adapters=count, limits=limits)

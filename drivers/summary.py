@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from actors.models import TaskResult, TaskStatus
+from drivers.limits import RateReport
 from drivers.outputs import BUDGET_EXHAUSTED
 
 
@@ -67,6 +68,8 @@ class RunSummary(BaseModel):
     """What the records kept from earlier runs cost; a budget covers them too."""
     wall_s: float = 0.0
     interrupted: bool = False
+    rate: RateReport | None = None
+    """Achieved rate against the scope's limits, and the 429s (when the run got that far)."""
 
     def add_result(self, result: TaskResult) -> None:
         if result.status is TaskStatus.COMPLETED:
@@ -121,6 +124,8 @@ class RunSummary(BaseModel):
         if self.budget_usd is not None:
             lines.append(self._render_budget(self.budget_usd))
         lines.append(f"wall time: {self.wall_s:.2f}s")
+        if self.rate is not None:
+            lines.append(self.rate.render())
         if self.interrupted:
             lines.append(f"interrupted: run the same command again to resume into {self.output}")
         return "\n".join(lines)

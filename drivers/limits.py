@@ -1,0 +1,90 @@
+"""What a run did against its rate limits, for the end-of-run summary.
+
+The numbers are this run's own (from its adapters' counters), so another job sharing the
+scope's coordinator does not blur them; the limits are the ones in force at the end,
+given (``--rpm``/``--tpm``) or learned from the server's headers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+from pydantic import BaseModel, ConfigDict
+from ray.actor import ActorHandle
+from ray.exceptions import RayActorError
+
+from actors.adapter import AdapterStats
+from actors.leases import CoordinatedLimit
+from actors.limits import Limits
+
+
+class RateReport(BaseModel):
+    """Requests and tokens per minute achieved, against the limits, and the 429s it cost."""
+
+    model_config = ConfigDict(frozen=True)
+
+    limits: Limits
+    requests: int
+    """HTTP attempts sent, retries included."""
+    rate_limited: int
+    tokens: int
+    """Prompt + completion tokens the server reported."""
+    wall_s: float
+
+    @property
+    def requests_per_min(self) -> float:
+        return self.requests * 60.0 / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def tokens_per_min(self) -> float:
+        return self.tokens * 60.0 / self.wall_s if self.wall_s > 0 else 0.0
+
+    def render(self) -> str:
+        rejected = self.rate_limited / self.requests if self.requests else 0.0
+        return (
+            f"rate: {self.requests_per_min:,.0f} requests/min{_of(self.requests_per_min, self.limits.rpm, 'RPM')},"
+            f" {self.tokens_per_min:,.0f} tokens/min{_of(self.tokens_per_min, self.limits.tpm, 'TPM')};"
+            f" {self.rate_limited} answered 429 ({rejected:.1%} of {self.requests} requests)"
+        )
+
+
+def close_and_report(adapters: Sequence[ActorHandle], limit: CoordinatedLimit, wall_s: float) -> RateReport:
+    """Close the run's adapters, then sum their counters.
+
+    Closing first sends their last reports (usage, headers, capacity they still hold) to
+    the coordinator, which outlives the run. The limits come from the coordinator, or as
+    given if it is gone.
+    """
+    _values([adapter.close.remote() for adapter in adapters])
+    stats: list[AdapterStats] = _values([adapter.stats.remote() for adapter in adapters])
+    try:
+        limits: Limits = ray.get(limit.coordinator.snapshot.remote()).limits
+    except RayActorError:
+        limits = limit.limits
+    return RateReport(
+        limits=limits,
+        requests=sum(s.requests for s in stats),
+        rate_limited=sum(s.rate_limited for s in stats),
+        tokens=sum(s.prompt_tokens + s.completion_tokens for s in stats),
+        wall_s=wall_s,
+    )
+
+
+def _values(refs: list[ray.ObjectRef]) -> list[Any]:
+    """All values in one round trip; only when an adapter died, each alone, skipping the dead."""
+    try:
+        return list(ray.get(refs))
+    except RayActorError:
+        values = []
+        for ref in refs:
+            try:
+                values.append(ray.get(ref))
+            except RayActorError:
+                continue  # its requests already ended as adapter_died results
+        return values
+
+
+def _of(achieved: float, limit: int | None, unit: str) -> str:
+    return "" if limit is None else f" ({achieved / limit:.2f} of the {limit:,} {unit} limit)"

@@ -1,0 +1,69 @@
+"""``rayfan run --rpm/--tpm``: the driver shares the scope's coordinator and reports the rate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import ray
+
+from actors import OpenAIAdapter
+from actors.coordinator import NAMESPACE, scope_name
+from actors.leases import CoordinatedLimit
+from actors.limits import Limits
+from drivers.cli import main
+from drivers.cluster import shared_limit
+from drivers.limits import RateReport, close_and_report
+from drivers.mock_server import MockServer
+
+KEY = "sk-test-driver-scope"
+
+
+def test_rate_report_renders_achieved_rate_against_the_limits() -> None:
+    report = RateReport(limits=Limits(rpm=1200, tpm=None), requests=2400, rate_limited=3, tokens=60_000, wall_s=120.0)
+    assert report.render() == (
+        "rate: 1,200 requests/min (1.00 of the 1,200 RPM limit), 30,000 tokens/min; 3 answered 429 (0.1% of 2400 requests)"
+    )
+    nothing = RateReport(limits=Limits(), requests=0, rate_limited=0, tokens=0, wall_s=0.0)
+    assert nothing.render() == "rate: 0 requests/min, 0 tokens/min; 0 answered 429 (0.0% of 0 requests)"
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_run_with_limits_uses_the_coordinator_and_prints_the_rate(
+    tmp_path: Path, server: MockServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.configure(rpm_limit=600, tpm_limit=50_000)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"prompt": f"question number {i}"}) + "\n" for i in range(60)))
+    out = tmp_path / "out.jsonl"
+    try:
+        code = main(["run", str(source), "-o", str(out), "--base-url", server.base_url, "--rpm", "600", "--tpm", "40000", "--max-tokens", "8"])
+        coordinator = ray.get_actor(scope_name(server.base_url, KEY, "gpt-4o-mini"), namespace=NAMESPACE)
+        snap = ray.get(coordinator.snapshot.remote())
+    finally:
+        ray.kill(ray.get_actor(scope_name(server.base_url, KEY, "gpt-4o-mini"), namespace=NAMESPACE))
+    assert code == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 60 and all(record["error"] is None for record in records)
+    assert snap.given == Limits(rpm=600, tpm=40_000)
+    assert snap.learned == Limits(rpm=600, tpm=50_000)  # from the server's headers
+    assert snap.limits == Limits(rpm=600, tpm=40_000)  # the lower of each
+    rate_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("rate:"))
+    assert "of the 600 RPM limit" in rate_line and "of the 40,000 TPM limit" in rate_line
+    assert rate_line.endswith("0 answered 429 (0.0% of 60 requests)")
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_close_and_report_skips_an_adapter_that_died(server: MockServer) -> None:
+    limit: CoordinatedLimit = shared_limit(2, base_url=server.base_url, api_key="sk-test-dead", model="gpt-4o-mini", limits=Limits(rpm=600))
+    alive, dead = [OpenAIAdapter.remote(base_url=server.base_url, api_key="sk-test-dead", limit=limit) for _ in range(2)]
+    try:
+        ray.get(alive.run.remote({"custom_id": "a", "messages": [{"role": "user", "content": "hi"}]}))
+        ray.kill(dead)
+        report = close_and_report([alive, dead], limit, wall_s=1.0)
+    finally:
+        ray.kill(alive)
+        ray.kill(limit.coordinator)
+    assert report.requests == 1 and report.limits == Limits(rpm=600)
