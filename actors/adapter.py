@@ -290,9 +290,10 @@ class Adapter:
         """Drop finished records nobody collected within the TTL. The dict is in finish
         order, so only its expired head is visited: no timer per task."""
         now = time.monotonic()
-        for task_id, deadline in list(itertools.islice(self._uncollected.items(), 64)):
+        while self._uncollected:
+            task_id, deadline = next(iter(self._uncollected.items()))
             if deadline > now:
-                break
+                return
             self._evict(task_id)
 
     def _count(self, result: TaskResult) -> None:
