@@ -10,6 +10,7 @@ head of the queue, never by polling.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -35,6 +36,13 @@ def _check_limit(capacity: float, refill_per_s: float) -> None:
 def _check_amounts(*amounts: float) -> None:
     if any(a < 0 for a in amounts):
         raise ValueError(f"amounts must be non-negative, got {amounts}")
+
+
+def _up_to(amount: int, bucket: TokenBucket | None) -> int:
+    """As much of ``amount`` as the bucket holds now, in whole units (all of it if unlimited)."""
+    if bucket is None:
+        return amount
+    return max(0, min(amount, math.floor(bucket.level() + _EPS)))
 
 
 class TokenBucket:
@@ -128,6 +136,11 @@ class RateBudget:
     is ever considered, so a large request is never starved by smaller later ones.
     ``full=False`` starts with nothing to give, for a budget that cannot know what was
     spent just before it existed (a restarted coordinator, a fallback share).
+
+    ``headroom_s`` holds the buckets that many seconds of refill below a full minute. A
+    server starts refilling only when our first request reaches it, up to a round trip
+    after we granted it; after a spell at capacity a full-minute bucket of ours would be
+    ahead of the server's by that much, and the burst that follows would be rejected.
     """
 
     def __init__(
@@ -138,9 +151,13 @@ class RateBudget:
         clock: Clock = time.monotonic,
         loop: asyncio.AbstractEventLoop | None = None,
         full: bool = True,
+        headroom_s: float = 0.0,
     ) -> None:
+        if not 0 <= headroom_s < 60:
+            raise ValueError(f"headroom_s must be in [0, 60), got {headroom_s}")
         self._clock = clock
         self._loop = loop
+        self._headroom_s = headroom_s
         self._rpm = self._new_bucket(rpm, full)
         self._tpm = self._new_bucket(tpm, full)
         self._queue: deque[_Waiter] = deque()
@@ -157,7 +174,10 @@ class RateBudget:
     def _new_bucket(self, per_minute: float | None, full: bool = True) -> TokenBucket | None:
         if per_minute is None:
             return None
-        return TokenBucket(per_minute, per_minute / 60.0, clock=self._clock, full=full)
+        return TokenBucket(self._capacity(per_minute), per_minute / 60.0, clock=self._clock, full=full)
+
+    def _capacity(self, per_minute: float) -> float:
+        return per_minute * (60.0 - self._headroom_s) / 60.0
 
     # -- granting ---------------------------------------------------------------------
 
@@ -188,6 +208,18 @@ class RateBudget:
             return False
         self._grant(requests, tokens)
         return True
+
+    def take_available(self, requests: int, tokens: int) -> tuple[int, int]:
+        """Take up to the amounts, as much of each as is there now; nothing while others
+        wait, during a pause, or after ``shut``. Returns what was taken."""
+        _check_amounts(requests, tokens)
+        if self._shut is not None or self._queue or self._pause_left() > 0:
+            return 0, 0
+        requests = _up_to(requests, self._rpm)
+        tokens = _up_to(tokens, self._tpm)
+        if requests or tokens:
+            self._grant(requests, tokens)
+        return requests, tokens
 
     def refund(self, requests: int, tokens: int) -> None:
         """Return capacity granted but not used (e.g. the unused part of a lease)."""
@@ -251,7 +283,7 @@ class RateBudget:
     def _updated(self, bucket: TokenBucket | None, per_minute: float) -> TokenBucket | None:
         if bucket is None:
             return self._new_bucket(per_minute)
-        bucket.set_limit(per_minute, per_minute / 60.0)
+        bucket.set_limit(self._capacity(per_minute), per_minute / 60.0)
         return bucket
 
     def observe_remaining(self, requests: int | None, tokens: int | None, *, age_s: float = 0.0) -> None:
@@ -274,8 +306,8 @@ class RateBudget:
     def snapshot(self) -> dict[str, Any]:
         """Point-in-time view for metrics and debugging."""
         return {
-            "rpm": self._rpm.capacity if self._rpm else None,
-            "tpm": self._tpm.capacity if self._tpm else None,
+            "rpm": self._rpm.refill_per_s * 60 if self._rpm else None,
+            "tpm": self._tpm.refill_per_s * 60 if self._tpm else None,
             "requests_available": self._rpm.level() if self._rpm else None,
             "tokens_available": self._tpm.level() if self._tpm else None,
             "queued": len(self._queue),

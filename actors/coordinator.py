@@ -49,6 +49,8 @@ WATCH_TIMEOUT_S = 30.0
 """A watch answers at least this often, so watches of adapters that died do not pile up."""
 ACTIVE_S = 60.0
 """An adapter heard from within this long counts towards the fallback share."""
+FORGET_S = 600.0
+"""An adapter silent this long is forgotten: any report it could still re-send is older."""
 SEEN_REPORTS = 256
 """Report numbers remembered per adapter; a re-sent report is always far more recent."""
 RATE_WINDOW_S = 60.0
@@ -94,7 +96,9 @@ class Coordinator:
         self._clock = clock
         self._restarted = restarted
         # A restarted coordinator cannot know what was spent just before: it starts empty.
-        self._budget = RateBudget(rpm=self._given.rpm, tpm=self._given.tpm, clock=clock, full=not restarted)
+        self._budget = RateBudget(
+            rpm=self._given.rpm, tpm=self._given.tpm, clock=clock, full=not restarted, headroom_s=self._policy.headroom_s
+        )
         self._incarnation = uuid.uuid4().hex[:12]
         self._epoch = 0
         self._changed: asyncio.Future[None] | None = None
@@ -119,11 +123,14 @@ class Coordinator:
         if not wanted or self._stopped is not None:
             return Lease(requests=0, tokens=0, ttl_s=self._policy.ttl_s, notice=self._notice())
         probing = self._probing
-        requests, tokens = self._size(request)
+        requests, tokens = self._wait_for(request)
         try:
             await self._budget.acquire(requests, tokens)
         except ScopeStopped:
             return Lease(requests=0, tokens=0, ttl_s=self._policy.ttl_s, notice=self._notice())
+        if not probing:
+            extra_requests, extra_tokens = self._budget.take_available(*self._extra(request, requests, tokens))
+            requests, tokens = requests + extra_requests, tokens + extra_tokens
         self._hold(request.client, requests, tokens)
         return Lease(
             requests=requests if self._limits.rpm is not None or probing else None,
@@ -192,7 +199,10 @@ class Coordinator:
     # -- reports ----------------------------------------------------------------------
 
     def _apply(self, client: str, reports: list[Report]) -> None:
-        self._last_seen[client] = self._clock()
+        now = self._clock()
+        if client not in self._last_seen:
+            self._forget_gone(now)
+        self._last_seen[client] = now
         applied = self._applied.setdefault(client, deque(maxlen=SEEN_REPORTS))
         for report in reports:
             if report.seq not in applied:
@@ -211,6 +221,7 @@ class Coordinator:
             self._reserved += report.reserved_tokens
             self._used += report.used_tokens
             self._window.append((now, report.sent, report.used_tokens))
+            self._trim_window(now)
         if report.observation is not None:
             self._observe(report.observation)
         if report.rate_limited is not None:
@@ -265,20 +276,27 @@ class Coordinator:
         first response's headers say what the limits are (or that there are none)."""
         return not self._limits.known and not self._seen_response
 
-    def _size(self, request: LeaseRequest) -> tuple[int, int]:
-        """At least what the first waiter needs; up to what the adapter wants, capped."""
+    def _wait_for(self, request: LeaseRequest) -> tuple[int, int]:
+        """What the waiting requests lack, capped; the first of them is always served whole."""
         if self._probing:
             return 1, 0
         return (
-            self._amount(request.need_requests, request.want_requests, self._limits.rpm),
-            self._amount(request.need_tokens, request.want_tokens, self._limits.tpm),
+            min(request.need_requests, self._cap(self._limits.rpm)),
+            max(min(request.need_tokens, self._cap(self._limits.tpm)), request.first_tokens),
         )
 
-    def _amount(self, need: int, want: int, per_minute: int | None) -> int:
+    def _extra(self, request: LeaseRequest, requests: int, tokens: int) -> tuple[int, int]:
+        """Up to ``want`` (capped) beyond what was waited for; taken only if it is there now."""
+        return (
+            max(0, min(request.want_requests, self._cap(self._limits.rpm)) - requests),
+            max(0, min(request.want_tokens, self._cap(self._limits.tpm)) - tokens),
+        )
+
+    def _cap(self, per_minute: int | None) -> int:
+        """``max_lease_s`` of a limit; nothing for a dimension without one."""
         if per_minute is None:
             return 0
-        cap = max(1, int(per_minute / 60.0 * self._policy.max_lease_s))
-        return max(need, min(want, cap))
+        return max(1, int(per_minute / 60.0 * self._policy.max_lease_s))
 
     def _hold(self, client: str, requests: int, tokens: int) -> None:
         held = self._held.setdefault(client, _Held())
@@ -311,6 +329,13 @@ class Coordinator:
 
     def _clients(self, now: float) -> int:
         return sum(seen > now - ACTIVE_S for seen in self._last_seen.values())
+
+    def _forget_gone(self, now: float) -> None:
+        """Drop adapters silent for ``FORGET_S`` (runs come and go; the coordinator stays)."""
+        for client in [client for client, seen in self._last_seen.items() if seen <= now - FORGET_S]:
+            del self._last_seen[client]
+            self._held.pop(client, None)
+            self._applied.pop(client, None)
 
     def _trim_window(self, now: float) -> None:
         while self._window and self._window[0][0] <= now - RATE_WINDOW_S:

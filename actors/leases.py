@@ -2,10 +2,10 @@
 
 A ``LeaseClient`` keeps a local pool (requests, tokens) leased from the scope's
 coordinator and spends one request and its reservation from it per attempt, so the
-coordinator is called about once per lease, not once per request. A lease is sized to the
-adapter's recent demand over ``horizon_s``; the next one is asked for when the pool runs
-low, with one call in flight at a time (waiting attempts wait on futures, FIFO). A
-settled attempt's surplus goes back into the pool; what is left when the pool expires,
+coordinator is called about once per lease, not once per request. When the pool cannot
+serve the first waiting attempt, one lease call asks for what all waiting attempts lack
+(and, if the scope has it to spare, for ``horizon_s`` of the adapter's recent rate); the
+other attempts wait on futures, in order. A settled attempt's surplus goes back into the pool; what is left when the pool expires,
 usage and the latest ``x-ratelimit-*`` headers ride along with the next call, as numbered
 reports that are re-sent until a call carrying them succeeds.
 
@@ -138,7 +138,7 @@ class _Pending:
     headers: Mapping[str, str] | None = None
     headers_at: float = 0.0
     flush: bool = False
-    """Capacity came back from an expired pool that no lease call may carry soon."""
+    """Send even without a lease to ask for: the pool expired with something to tell."""
 
     def empty(self) -> bool:
         return not (self.returned_requests or self.returned_tokens or self.sent or self.used or self.headers is not None)
@@ -226,8 +226,6 @@ class LeaseClient(Limiter):
         self._epoch = 0
         self._incarnation: str | None = None
         self._closed = False
-        self.calls = 0
-        """Coordinator calls answered: leases, reports and watches."""
 
     @property
     def in_fallback(self) -> bool:
@@ -244,9 +242,7 @@ class LeaseClient(Limiter):
         now = self._clock()
         self._meter.add(now, 1, tokens)
         if not self._waiters and self._spendable(now, tokens):
-            permit = self._spend(tokens)
-            self._maybe_refill(now)
-            return permit
+            return self._spend(tokens)
         waiter = _Waiter(tokens, asyncio.get_running_loop().create_future())
         self._waiters.append(waiter)
         self._pump()
@@ -348,13 +344,16 @@ class LeaseClient(Limiter):
         self._pump()
 
     def _expire(self) -> None:
-        """The pool's lease ran out: its remainder (or debt) goes back with the next call."""
+        """The pool's lease ran out: its remainder (or debt) goes back with the next call,
+        and if the adapter has gone idle, with a call of its own (with its usage)."""
         pool = self._pool
-        for dimension in ("requests", "tokens"):
-            left = getattr(pool, dimension)
-            if left != 0 and not math.isinf(left):
-                setattr(self._pending, f"returned_{dimension}", getattr(self._pending, f"returned_{dimension}") + int(left))
-                self._pending.flush = True
+        if pool.expires_at == -_INF:
+            return  # already expired (or never leased)
+        if not math.isinf(pool.requests):
+            self._pending.returned_requests += int(pool.requests)
+        if not math.isinf(pool.tokens):
+            self._pending.returned_tokens += int(pool.tokens)
+        self._pending.flush = not self._pending.empty()
         pool.requests = pool.tokens = 0.0
         pool.expires_at = -_INF
         pool.generation += 1
@@ -386,25 +385,13 @@ class LeaseClient(Limiter):
             return self._head() is not None
         if self._probe_out:
             return self._pending.flush
-        return self._head() is not None or self._running_low(now) or self._pending.flush
-
-    def _running_low(self, now: float) -> bool:
-        """Prefetch: the pool holds less than ``refill_below`` of a lease at the recent rate.
-
-        Only while at least one request is expected within the horizon: a rate decaying
-        towards zero must not keep leasing single requests that then expire unused.
-        """
-        rate_requests, rate_tokens = self._meter.rates(now)
-        if rate_requests * self._policy.horizon_s < 1:
-            return False
-        low = self._policy.horizon_s * self._policy.refill_below
-        return self._pool.requests < rate_requests * low or self._pool.tokens < rate_tokens * low
+        return self._head() is not None or self._pending.flush
 
     async def _refill_loop(self) -> None:
         while self._refill_due(self._clock()):
             if self._fallback is not None:
                 await self._draw_fallback(self._fallback)
-            elif self._head() is None and not self._running_low(self._clock()):
+            elif self._head() is None:
                 await self._send_flush()
             else:
                 await self._lease_once()
@@ -425,19 +412,19 @@ class LeaseClient(Limiter):
             head.future.set_exception(error)
 
     def _demand(self, now: float) -> LeaseRequest:
-        """Need: what the first waiter lacks. Want: the queue, or ``horizon_s`` at the recent rate."""
+        """Need: what the waiting requests lack. Want: ``horizon_s`` at the recent rate."""
         waiting = [waiter for waiter in self._waiters if not waiter.future.done()]
         rate_requests, rate_tokens = self._meter.rates(now)
         horizon = self._policy.horizon_s
-        need_requests, want_requests = _ask(self._pool.requests, 1 if waiting else 0, len(waiting), rate_requests * horizon)
-        need_tokens, want_tokens = _ask(
-            self._pool.tokens, waiting[0].tokens if waiting else 0, sum(w.tokens for w in waiting), rate_tokens * horizon
-        )
+        need_requests, want_requests = _ask(self._pool.requests, len(waiting), rate_requests * horizon)
+        need_tokens, want_tokens = _ask(self._pool.tokens, sum(w.tokens for w in waiting), rate_tokens * horizon)
+        first_tokens, _ = _ask(self._pool.tokens, waiting[0].tokens if waiting else 0, 0)
         return LeaseRequest(
             client=self._client,
             reports=self._outgoing(now),
             need_requests=need_requests,
             need_tokens=need_tokens,
+            first_tokens=first_tokens,
             want_requests=want_requests,
             want_tokens=want_tokens,
         )
@@ -450,7 +437,6 @@ class LeaseClient(Limiter):
         except CoordinatorUnreachable as error:
             self._enter_fallback(error)
             return
-        self.calls += 1
         self._acked(request.reports)
         self._apply(lease.notice)
         if self._stopped is None:
@@ -471,7 +457,6 @@ class LeaseClient(Limiter):
         except CoordinatorUnreachable as error:
             self._enter_fallback(error)
             return None
-        self.calls += 1
         self._acked(reports)
         return notice
 
@@ -540,8 +525,8 @@ class LeaseClient(Limiter):
         head = self._head()
         if head is None:
             return
-        need_requests, _ = _ask(self._pool.requests, 1, 1, 0)
-        need_tokens, _ = _ask(self._pool.tokens, head.tokens, head.tokens, 0)
+        need_requests, _ = _ask(self._pool.requests, 1, 0)
+        need_tokens, _ = _ask(self._pool.tokens, head.tokens, 0)
         await budget.acquire(need_requests, need_tokens)
         self._pool.requests += need_requests
         self._pool.tokens += need_tokens
@@ -562,7 +547,6 @@ class LeaseClient(Limiter):
                 delay = min(delay * 2, self._policy.reconnect_s * _MAX_BACKOFF)
                 continue
             delay = self._policy.reconnect_s
-            self.calls += 1
             self._apply(notice)
 
     def _watch_done(self, task: asyncio.Task[None]) -> None:
@@ -570,13 +554,13 @@ class LeaseClient(Limiter):
             log.error("%s: watching the coordinator failed", self._client, exc_info=task.exception())
 
 
-def _ask(pool: float, head: float, queued: float, target: float) -> tuple[int, int]:
-    """(need, want) for one dimension: what the head lacks, and what fills the pool to the
-    larger of the queue and the target. Nothing for a dimension without a limit."""
+def _ask(pool: float, waiting: float, target: float) -> tuple[int, int]:
+    """(need, want) for one dimension: what the pool lacks for the waiting requests, and
+    for the larger of them and the target. Nothing for a dimension without a limit."""
     if math.isinf(pool):
         return 0, 0
-    need = max(0, math.ceil(head - pool))
-    return need, max(need, math.ceil(max(queued, target) - pool))
+    need = max(0, math.ceil(waiting - pool))
+    return need, max(need, math.ceil(target - pool))
 
 
 def _merged(pool: float, granted: int | None) -> float:

@@ -60,15 +60,16 @@ class LeasePolicy(_Frozen):
     """How big leases are and how long they live: the trade between calls and slack."""
 
     horizon_s: float = Field(default=5.0, gt=0)
-    """A lease covers this long of the adapter's recent rate, so calls per request are
-    about 1 / (rate x horizon): at 16 adapters sharing 1,200 RPM, 5 s makes leases of ~6."""
+    """Below the limit a lease also takes this long of the adapter's recent rate (if the
+    scope has it to spare), so calls per request stay near 1 / (rate x horizon)."""
     ttl_s: float = Field(default=10.0, gt=0)
     """Capacity not spent by then goes back to the scope."""
     max_lease_s: float = Field(default=2.0, gt=0)
     """No lease is larger than this much of the scope's limit, so one adapter cannot hoard."""
-    refill_below: float = Field(default=0.5, ge=0, le=1)
-    """Ask for the next lease when the pool falls below this fraction of one lease, so it
-    arrives before the pool is empty."""
+    headroom_s: float = Field(default=1.0, ge=0, lt=60)
+    """The coordinator's bucket holds this much less than a full minute of the limit: the
+    server starts refilling only when our first request reaches it, so after a spell at
+    capacity our bucket would be ahead of the server's by the time a request takes."""
     reconnect_s: float = Field(default=1.0, gt=0)
     """First wait before asking an unreachable coordinator again; doubles up to 8x."""
 
@@ -141,12 +142,19 @@ class Report(_Frozen):
 
 
 class LeaseRequest(_Frozen):
-    """Ask for capacity: at least ``need`` (what the first waiting request lacks), ideally ``want``."""
+    """Ask for capacity: wait for ``need``, take up to ``want`` if it is there now.
+
+    ``need`` is what the adapter's waiting requests lack together (the coordinator waits
+    for at most ``max_lease_s`` of the limit of it, but never less than ``first_tokens``,
+    what the first of them lacks); ``want`` sizes the pool to the adapter's recent rate.
+    Waiting only for real demand keeps capacity from idling in a pool nobody draws from.
+    """
 
     client: str
     reports: list[Report] = Field(default_factory=list)
     need_requests: int = Field(default=0, ge=0)
     need_tokens: int = Field(default=0, ge=0)
+    first_tokens: int = Field(default=0, ge=0)
     want_requests: int = Field(default=0, ge=0)
     want_tokens: int = Field(default=0, ge=0)
 

@@ -606,3 +606,45 @@ def test_ledger_keeps_only_a_minute(loop: VirtualTimeLoop, clock: VirtualClock) 
     assert len(budget._ledger) <= 62
     budget.observe_remaining(requests=0, tokens=None, age_s=30.0)  # we took 30 since
     assert budget.snapshot()["requests_available"] == at(0 + 100 * 30 - 30)
+
+
+def test_take_available_takes_what_is_there_without_waiting(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=60, tpm=600, clock=clock)
+    assert budget.try_acquire(50, 550)
+    assert budget.take_available(20, 20) == (10, 20)
+    assert budget.take_available(5, 100) == (0, 30)
+    clock.advance(2.5)
+    assert budget.take_available(5, 0) == (2, 0)  # whole requests only
+    snap = budget.snapshot()
+    assert (snap["requests_available"], snap["granted_requests"], snap["granted_tokens"]) == (at(0.5), 62, 600)
+    unlimited = RateBudget(rpm=None, tpm=None, clock=clock)
+    assert unlimited.take_available(7, 9) == (7, 9)
+
+
+def test_take_available_gives_nothing_while_others_wait_or_paused(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=60, tpm=None, clock=clock)
+
+    async def main() -> None:
+        await budget.acquire(55, 0)
+        waiter = asyncio.create_task(budget.acquire(10, 0))
+        await asyncio.sleep(1)
+        assert budget.take_available(3, 0) == (0, 0)  # 6 are there, but the head waits for 10
+        await waiter
+        budget.pause_until(clock() + 5)
+        clock.advance(2)
+        assert budget.take_available(1, 0) == (0, 0)
+        budget.shut(lambda: LookupError("stopped"))
+        clock.advance(10)
+        assert budget.take_available(1, 0) == (0, 0)
+
+    run(loop, main)
+
+
+def test_headroom_holds_the_buckets_below_a_full_minute(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    budget = RateBudget(rpm=600, tpm=None, clock=clock, headroom_s=3.0)  # 10/s, 30 short of 600
+    assert budget.snapshot()["requests_available"] == at(570)
+    budget.set_limits(rpm=1200, tpm=6000)
+    snap = budget.snapshot()
+    assert (snap["rpm"], snap["tpm"], snap["requests_available"], snap["tokens_available"]) == (1200, 6000, at(1140), at(5700))
+    with pytest.raises(ValueError, match="headroom"):
+        RateBudget(rpm=60, tpm=None, headroom_s=60)

@@ -20,17 +20,24 @@ def report(**fields: object) -> Report:
     return Report(seq=next(_SEQ), **fields)  # type: ignore[arg-type]
 
 
-def make(clock: VirtualClock, rpm: int | None = 600, tpm: int | None = None, **kwargs: object) -> Coordinator:
-    return Coordinator(scope="s", endpoint="http://x/v1", model="m", limits=Limits(rpm=rpm, tpm=tpm), clock=clock, **kwargs)  # type: ignore[arg-type]
+def make(
+    clock: VirtualClock, rpm: int | None = 600, tpm: int | None = None, *, policy: LeasePolicy | None = None, headroom_s: float = 0.0, **kwargs: object
+) -> Coordinator:
+    """A coordinator whose bucket holds the full minute, unless ``headroom_s`` says otherwise."""
+    policy = (policy or LeasePolicy()).model_copy(update={"headroom_s": headroom_s})
+    return Coordinator(scope="s", endpoint="http://x/v1", model="m", limits=Limits(rpm=rpm, tpm=tpm), clock=clock, policy=policy, **kwargs)  # type: ignore[arg-type]
 
 
-def ask(client: str = "a", *, need: int = 1, want: int = 1, need_tokens: int = 0, want_tokens: int = 0, **fields: object) -> LeaseRequest:
+def ask(
+    client: str = "a", *, want: int = 1, need: int | None = None, want_tokens: int = 0, need_tokens: int | None = None, **fields: object
+) -> LeaseRequest:
+    """A lease request; by default the adapter has as many requests waiting as it wants."""
     return LeaseRequest(
         client=client,
         reports=[report(**fields)] if fields else [],
-        need_requests=need,
+        need_requests=want if need is None else need,
         want_requests=want,
-        need_tokens=need_tokens,
+        need_tokens=want_tokens if need_tokens is None else need_tokens,
         want_tokens=want_tokens,
     )
 
@@ -46,19 +53,32 @@ def test_scope_name_hides_the_key_and_separates_scopes() -> None:
 # -- leases ---------------------------------------------------------------------------
 
 
-def test_lease_is_sized_by_want_and_capped_by_max_lease(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+def test_lease_waits_for_need_and_takes_want_only_if_spare(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
     coordinator = make(clock, rpm=600, tpm=60_000, policy=LeasePolicy(max_lease_s=2.0))  # 10 req/s, 1000 tok/s
 
     async def main() -> None:
-        lease = await coordinator.lease(ask(want=100, need_tokens=50, want_tokens=10_000))
-        assert (lease.requests, lease.tokens) == (20, 2000)  # 2 s of the limit
-        lease = await coordinator.lease(ask(want=5, need_tokens=50, want_tokens=300))
-        assert (lease.requests, lease.tokens) == (5, 300)
+        lease = await coordinator.lease(ask(want=100, want_tokens=10_000))
+        assert (lease.requests, lease.tokens) == (20, 2000)  # capped at 2 s of the limit
+        lease = await coordinator.lease(ask(need=1, want=5, need_tokens=50, want_tokens=300))
+        assert (lease.requests, lease.tokens) == (5, 300)  # the extra was there: taken
         lease = await coordinator.lease(ask(need=1, want=1, need_tokens=5000, want_tokens=5000))
-        assert lease.tokens == 5000  # a request bigger than the cap still gets what it needs
+        assert lease.tokens == 2000  # capped: the rest of the queue asks again
+        big = LeaseRequest(client="a", need_requests=1, need_tokens=5000, first_tokens=5000, want_requests=1, want_tokens=5000)
+        assert (await coordinator.lease(big)).tokens == 5000  # the first waiter is always served whole
+        assert clock() == START
 
     run(loop, main)
-    assert clock() == START
+
+
+def test_lease_at_the_limit_waits_only_for_what_is_waiting(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    coordinator = make(clock, rpm=60, policy=LeasePolicy(max_lease_s=60.0))  # 1 request/s
+
+    async def main() -> None:
+        await coordinator.lease(ask(want=60))
+        lease = await coordinator.lease(ask(need=2, want=30))  # a recent rate of 30 per horizon
+        assert lease.requests == 2 and clock() - START == at(2.0)  # not 30 s for a pool of 30
+
+    run(loop, main)
 
 
 def test_leases_wait_in_order_for_the_budget(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
@@ -154,6 +174,19 @@ def test_a_report_sent_twice_is_applied_once(loop: VirtualTimeLoop, clock: Virtu
     run(loop, main)
 
 
+def test_adapters_long_gone_are_forgotten(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    coordinator = make(clock, rpm=600)
+
+    async def main() -> None:
+        for name in ("old-1", "old-2"):
+            await coordinator.lease(ask(name, want=5))
+        clock.advance(601)
+        await coordinator.lease(ask("new", want=5))
+        assert set(coordinator._last_seen) == set(coordinator._applied) == set(coordinator._held) == {"new"}
+
+    run(loop, main)
+
+
 def test_unlimited_dimensions_lease_none(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
     coordinator = make(clock, rpm=None, tpm=6000)
 
@@ -171,6 +204,19 @@ def test_a_report_alone_grants_nothing(loop: VirtualTimeLoop, clock: VirtualCloc
         lease = await coordinator.lease(ask(need=0, want=0, sent=3))
         assert (lease.requests, lease.tokens) == (0, 0)
         assert (await coordinator.snapshot()).requests_available == at(60)
+
+    run(loop, main)
+
+
+def test_headroom_keeps_the_bucket_below_a_full_minute(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    coordinator = make(clock, rpm=1200, tpm=60_000, headroom_s=1.0)
+
+    async def main() -> None:
+        snap = await coordinator.snapshot()
+        assert (snap.requests_available, snap.tokens_available) == (at(1180), at(59_000))
+        assert snap.limits == Limits(rpm=1200, tpm=60_000)
+        await asyncio.sleep(600)
+        assert (await coordinator.snapshot()).requests_available == at(1180)  # the refill stops there
 
     run(loop, main)
 

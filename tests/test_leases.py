@@ -25,7 +25,7 @@ from tests.vtime import START, VirtualClock, VirtualTimeLoop, at, clock, loop, r
 
 T = TypeVar("T")
 QUOTA = TaskError(code="insufficient_quota", message="no credit left", status_code=429)
-NO_PREFETCH = LeasePolicy(refill_below=0.0)
+
 
 
 class DirectLink:
@@ -81,8 +81,10 @@ class DirectLink:
         return task.result()
 
 
-def coordinator(clock: VirtualClock, rpm: int | None = 600, tpm: int | None = None, **kwargs: Any) -> Coordinator:
-    return Coordinator(scope="s", endpoint="e", model="m", limits=Limits(rpm=rpm, tpm=tpm), clock=clock, **kwargs)
+def coordinator(clock: VirtualClock, rpm: int | None = 600, tpm: int | None = None, *, policy: LeasePolicy | None = None, **kwargs: Any) -> Coordinator:
+    """A coordinator whose bucket holds the full minute (no headroom), so the arithmetic stays plain."""
+    policy = (policy or LeasePolicy()).model_copy(update={"headroom_s": 0.0})
+    return Coordinator(scope="s", endpoint="e", model="m", limits=Limits(rpm=rpm, tpm=tpm), clock=clock, policy=policy, **kwargs)
 
 
 def client(link: DirectLink, clock: VirtualClock, name: str = "a", adapters: int = 1, **kwargs: Any) -> LeaseClient:
@@ -154,7 +156,7 @@ def test_tokens_limit_with_reconcile_reusing_the_surplus(loop: VirtualTimeLoop, 
 
 def test_settled_surplus_is_spent_locally_without_a_call(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
     link = DirectLink(coordinator(clock, rpm=None, tpm=6000))
-    limiter = client(link, clock, policy=NO_PREFETCH)
+    limiter = client(link, clock)
 
     async def main() -> None:
         permit = await limiter.acquire(100)
@@ -170,19 +172,21 @@ def test_settled_surplus_is_spent_locally_without_a_call(loop: VirtualTimeLoop, 
 
 
 def test_expired_lease_goes_back_to_the_scope(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
-    scope = coordinator(clock, rpm=60, restarted=True, policy=LeasePolicy(ttl_s=10, max_lease_s=60))  # 1/s, empty
+    policy = LeasePolicy(horizon_s=20, ttl_s=30, max_lease_s=60)
+    scope = coordinator(clock, rpm=60, restarted=True, policy=policy)  # 1/s, empty
     link = DirectLink(scope)
-    limiter = client(link, clock, policy=LeasePolicy(ttl_s=10))
+    limiter = client(link, clock, policy=policy)
 
     async def main() -> None:
-        await send_all(limiter, clock, 10, latency=0.1)  # granted at 10 s, then a prefetch
-        await asyncio.sleep(30)  # past the expiry, not yet refilled to the 60 cap
+        await send_all(limiter, clock, 10, latency=0.1)  # waits for all 10: granted at 10 s
+        await asyncio.sleep(20)
+        limiter.settle(await limiter.acquire(0), 0)  # at 30 s: needs 1, the recent rate wants 4
+        assert limiter._pool.requests == 3  # 3 extra were spare: taken
+        await asyncio.sleep(40)  # idle past the expiry (60 s): the 3 go back in a call of its own
         snap = await scope.snapshot()
-        assert snap.held_requests == 0 and snap.leases_outstanding == 0
-        assert snap.requests_sent == 10
-        # Everything not sent came back: the bucket is the refill minus the 10 sent.
-        assert snap.requests_available == at(clock() - START - 10)
-        assert link.calls["report"] == 1  # one flush after the expiry
+        assert snap.held_requests == 0 and snap.leases_outstanding == 0 and snap.requests_sent == 11
+        assert snap.requests_available == at(clock() - START - 11)  # the refill minus what was sent
+        assert (link.calls["lease"], link.calls["report"]) == (2, 1)
         await limiter.close()
 
     run(loop, main)
@@ -190,7 +194,7 @@ def test_expired_lease_goes_back_to_the_scope(loop: VirtualTimeLoop, clock: Virt
 
 def test_one_lease_call_at_a_time_and_waiters_in_order(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
     link = DirectLink(coordinator(clock, rpm=60, restarted=True, policy=LeasePolicy(max_lease_s=60)))
-    limiter = client(link, clock, policy=NO_PREFETCH)
+    limiter = client(link, clock)
     order: list[int] = []
 
     async def one(index: int) -> None:
@@ -210,7 +214,7 @@ def test_one_lease_call_at_a_time_and_waiters_in_order(loop: VirtualTimeLoop, cl
 
 def test_cancelled_waiter_leaves_its_permit(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
     link = DirectLink(coordinator(clock, rpm=60, restarted=True, policy=LeasePolicy(max_lease_s=60)))
-    limiter = client(link, clock, policy=NO_PREFETCH)
+    limiter = client(link, clock)
 
     async def main() -> None:
         first = asyncio.create_task(limiter.acquire(0))
@@ -252,7 +256,7 @@ def test_a_429_anywhere_pauses_every_client(loop: VirtualTimeLoop, clock: Virtua
 
 def test_insufficient_quota_fails_waiting_and_later_requests(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
     link = DirectLink(coordinator(clock, rpm=60, restarted=True))
-    a, b = client(link, clock, "a", policy=NO_PREFETCH), client(link, clock, "b", policy=NO_PREFETCH)
+    a, b = client(link, clock, "a"), client(link, clock, "b")
 
     async def main() -> None:
         permit = await a.acquire(0)  # at 1 s
@@ -279,7 +283,7 @@ def test_insufficient_quota_fails_waiting_and_later_requests(loop: VirtualTimeLo
 
 
 def test_unreachable_coordinator_falls_back_to_a_share_then_reports_the_debt(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
-    policy = LeasePolicy(refill_below=0.0, reconnect_s=1.0)
+    policy = LeasePolicy(reconnect_s=1.0)
     link = DirectLink(coordinator(clock, rpm=600))  # 10/s; 4 adapters -> a share of 2.5/s
     limiter = client(link, clock, adapters=4, policy=policy)
 
@@ -324,7 +328,7 @@ def test_fallback_share_is_never_unlimited_when_a_limit_is_known(loop: VirtualTi
 def test_probe_first_then_leases_sized_by_learned_limits(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
     scope = coordinator(clock, rpm=None, tpm=None)
     link = DirectLink(scope)
-    limiter = client(link, clock, policy=NO_PREFETCH)
+    limiter = client(link, clock)
     headers = {"x-ratelimit-limit-requests": "600", "x-ratelimit-remaining-requests": "599"}
 
     async def main() -> None:
@@ -346,7 +350,7 @@ def test_probe_first_then_leases_sized_by_learned_limits(loop: VirtualTimeLoop, 
 def test_a_limit_learned_later_replaces_an_unlimited_pool(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
     scope = coordinator(clock, rpm=None, tpm=None)
     link = DirectLink(scope)
-    limiter = client(link, clock, policy=NO_PREFETCH)
+    limiter = client(link, clock)
 
     async def main() -> float:
         probe = await limiter.acquire(0)
@@ -364,15 +368,13 @@ def test_a_limit_learned_later_replaces_an_unlimited_pool(loop: VirtualTimeLoop,
         await limiter.close()
         return waited
 
-    # The new bucket starts full (60); the 61st rides a lease of 2 (max_lease_s of the
-    # limit), granted when both are there: limited, where it was unlimited a moment ago.
-    assert run(loop, main) == at(2.0)
+    assert run(loop, main) == at(1.0)  # the new bucket starts full (60), the 61st waits 1 s
 
 
 def test_close_mid_lease_neither_loses_nor_doubles_a_report(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
     scope = coordinator(clock, rpm=60, restarted=True)  # the second lease waits at the coordinator
     link = DirectLink(scope)
-    limiter = client(link, clock, policy=NO_PREFETCH)
+    limiter = client(link, clock)
 
     async def main() -> None:
         limiter.settle(await limiter.acquire(0), 0)
