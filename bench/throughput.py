@@ -37,7 +37,7 @@ async def _baseline(base_url: str, count: int, in_flight: int) -> int:
     """What users write by hand: one AsyncOpenAI client, a semaphore, gather."""
     import openai
 
-    client = openai.AsyncOpenAI(base_url=base_url, api_key=KEY, max_retries=0)
+    client = openai.AsyncOpenAI(base_url=base_url, api_key=KEY)  # the SDK default: 2 retries
     gate = asyncio.Semaphore(in_flight)
 
     async def one(i: int) -> bool:
