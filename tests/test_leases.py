@@ -389,3 +389,20 @@ def test_close_mid_lease_neither_loses_nor_doubles_a_report(loop: VirtualTimeLoo
     snap = run(loop, scope.snapshot)
     assert snap.requests_sent == 1
     assert snap.requests_available == at(clock() - START - 1)  # the cancelled lease took nothing
+
+
+def test_settling_after_the_pool_expired_still_reaches_the_scope(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    scope = coordinator(clock, rpm=None, tpm=6000, restarted=True)  # 100 tokens/s, starting empty
+    link = DirectLink(scope)
+    limiter = client(link, clock)
+
+    async def main() -> None:
+        permit = await limiter.acquire(1000)  # granted at 10 s
+        await asyncio.sleep(20)  # the lease expires (at 20 s) while the request is out
+        limiter.settle(permit, 300)  # the server counted 300: 700 come back, though the pool is gone
+        await limiter.close()
+
+    run(loop, main)
+    snap = run(loop, scope.snapshot)
+    assert snap.tokens_available == at((clock() - START) * 100 - 1000 + 700)
+    assert (snap.reserved_tokens, snap.used_tokens) == (1000, 300)
