@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
@@ -40,3 +42,17 @@ def ray_session() -> Iterator[None]:
     ray.init(num_cpus=2, include_dashboard=True, logging_level=logging.WARNING, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+def ray_list_actors_cli(expected_name: str) -> str:
+    """What an operator sees with ``ray list actors --detail``; it must list ``expected_name``."""
+    address = ray.get_runtime_context().gcs_address
+    completed = subprocess.run(
+        [sys.executable, "-m", "ray.scripts.scripts", "list", "actors", "--detail", "--address", address],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert expected_name in completed.stdout, completed.stderr[-2000:]
+    return completed.stdout + completed.stderr

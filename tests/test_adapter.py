@@ -321,8 +321,9 @@ def test_uncollected_records_are_evicted_after_the_ttl(server: MockServer) -> No
             await adapter.get_result(old)
         while not (await adapter.get_status(fresh)).is_terminal:
             await asyncio.sleep(0.01)
-        await adapter.submit_task(chat("newer", "sweep again"))
+        newer = await adapter.submit_task(chat("newer", "sweep again"))
         assert (await adapter.get_result(fresh)).ok, "a record within its TTL stays"
+        assert (await adapter.get_result(newer)).ok
         await adapter.close()
 
     run(body())

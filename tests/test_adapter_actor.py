@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 
 import pytest
 import ray
@@ -14,6 +12,7 @@ from ray.util.state import list_actors, list_tasks
 
 from actors import ChatTask, OpenAIAdapter, ResultTimeout, RetryPolicy, TaskNotFound, TaskResult, TaskStatus
 from drivers.mock_server import MockServer
+from tests.conftest import ray_list_actors_cli
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -101,22 +100,8 @@ def test_api_key_appears_nowhere(server: MockServer, caplog: pytest.LogCaptureFi
             adapter_repr,
             str(actors),
             str(tasks),
-            _ray_list_cli(),
+            ray_list_actors_cli("adapter-secret-test"),
         ]
     )
     assert "Bearer" not in haystack and "RECOGNIZABLE" not in haystack
     assert any(r.error and r.error.code == "authentication_error" for r in results)
-
-
-def _ray_list_cli() -> str:
-    """What an operator sees with ``ray list actors --detail``."""
-    address = ray.get_runtime_context().gcs_address
-    completed = subprocess.run(
-        [sys.executable, "-m", "ray.scripts.scripts", "list", "actors", "--detail", "--address", address],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert "adapter-secret-test" in completed.stdout, completed.stderr[-2000:]
-    return completed.stdout + completed.stderr
