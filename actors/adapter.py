@@ -16,7 +16,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -63,7 +63,6 @@ class _Record:
     task: Any
     runner: asyncio.Task[TaskResult] | None = None
     status: TaskStatus = TaskStatus.PENDING
-    submitted_at: float = field(default_factory=time.monotonic)
     attempts: int = 0
     deltas: asyncio.Queue[str | None] | None = None  # only for stream=True tasks
     streamed: bool = False
