@@ -17,6 +17,7 @@ from drivers.budget import Budget
 from drivers.cluster import connect, shared_limit, start_adapters
 from drivers.estimate import estimate_request
 from drivers.fanout import Dispatcher
+from drivers.interrupt import WAIT_SLICE_S, CtrlC
 from drivers.inputs import InputProblem, InputRequest, RequestDefaults, read_requests
 from drivers.limits import close_and_report
 from drivers.outputs import (
@@ -76,11 +77,12 @@ def run_batch(options: BatchOptions, *, progress: ProgressBar | None = None) -> 
     adapters = start_adapters(options.adapters, base_url=options.base_url, api_key=api_key, model=options.model, limit=limit)
     try:
         sending = time.monotonic()
-        with OutputWriter(options.output) as out:
-            run = _Run(Dispatcher(adapters, max_in_flight=options.max_in_flight), out, summary, budget, progress)
+        with OutputWriter(options.output) as out, CtrlC() as ctrl_c:
+            run = _Run(Dispatcher(adapters, max_in_flight=options.max_in_flight), out, summary, budget, progress, ctrl_c)
             try:
                 run.send_all(read_requests(options.input, options.defaults), resume)
             except KeyboardInterrupt:
+                ctrl_c.acknowledge()
                 summary.interrupted = True
                 run.drain(deadline=time.monotonic() + DRAIN_ON_INTERRUPT_S)
         summary.rate = close_and_report(adapters, limit, time.monotonic() - sending)
@@ -110,8 +112,10 @@ class _Run:
         summary: RunSummary,
         budget: Budget | None,
         progress: ProgressBar | None,
+        ctrl_c: CtrlC,
     ) -> None:
         self._dispatcher = dispatcher
+        self._ctrl_c = ctrl_c
         self._out = out
         self._summary = summary
         self._budget = budget
@@ -170,7 +174,16 @@ class _Run:
         return reservation
 
     def _collect(self, timeout: float | None = None) -> None:
-        for sent, result in self._dispatcher.collect(timeout=timeout):
+        """Wait up to ``timeout`` (None: until something finishes) in short slices, so a
+        Ctrl-C is noticed even if Ray swallowed its KeyboardInterrupt."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait_s = WAIT_SLICE_S if deadline is None else max(min(WAIT_SLICE_S, deadline - time.monotonic()), 0.0)
+            finished = self._dispatcher.collect(timeout=wait_s)
+            self._ctrl_c.raise_if_pressed()
+            if finished or (deadline is not None and time.monotonic() >= deadline):
+                break
+        for sent, result in finished:
             if self._budget is not None:
                 self._budget.settle(sent.reservation, result.cost_usd)
             self._summary.add_result(result)

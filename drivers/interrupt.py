@@ -1,0 +1,45 @@
+"""Ctrl-C that Ray's blocking calls cannot lose.
+
+A SIGINT that lands while the driver is inside ``ray.wait`` can be consumed by Ray's own
+signal check and never surface as KeyboardInterrupt (seen as a run that ignored Ctrl-C and
+finished). So each press is also counted here, and the driver's loop, which waits in short
+slices, raises for a press it has not acknowledged yet.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType, TracebackType
+from typing import Any
+
+WAIT_SLICE_S = 0.5  # how long a Ctrl-C may go unnoticed inside a blocking wait
+
+
+class CtrlC:
+    def __init__(self) -> None:
+        self._presses = 0
+        self._acknowledged = 0
+        self._previous: Any = None
+
+    def __enter__(self) -> CtrlC:
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def acknowledge(self) -> None:
+        """The interruption so far is being handled; only a further press counts."""
+        self._acknowledged = self._presses
+
+    def raise_if_pressed(self) -> None:
+        if self._presses > self._acknowledged:
+            self.acknowledge()
+            raise KeyboardInterrupt
+
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        self._presses += 1
+        raise KeyboardInterrupt
