@@ -38,11 +38,6 @@ class _Task(BaseModel):
     timeout_s: float | None = Field(default=None, gt=0, description="per attempt")
     metadata: dict[str, Any] = Field(default_factory=dict, exclude=True)
 
-    @property
-    def passthrough(self) -> dict[str, Any]:
-        """Request params rayfan does not interpret, sent to the server unchanged."""
-        return dict(self.model_extra or {})
-
 
 class ChatTask(_Task):
     """A ``/v1/chat/completions`` request."""

@@ -68,7 +68,7 @@ class Dispatcher(Generic[Item]):
             return []
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
         finished: list[tuple[Item, TaskResult]] = []
-        for ref, value in zip(ready, _get_each(ready)):
+        for ref, value in zip(ready, get_each(ready)):
             finished.extend(self._finish(ref, value))
         return finished
 
@@ -89,7 +89,7 @@ class Dispatcher(Generic[Item]):
         return [(item, result) for (item, _), result in zip(batch, value)]
 
 
-def _get_each(refs: list[ray.ObjectRef]) -> list[Any]:
+def get_each(refs: list[ray.ObjectRef]) -> list[Any]:
     """All values in one round trip; only when one failed, fetch each alone to find which."""
     try:
         return ray.get(refs)

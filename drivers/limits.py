@@ -18,6 +18,7 @@ from ray.exceptions import RayActorError
 from actors.adapter import AdapterStats
 from actors.leases import CoordinatedLimit
 from actors.limits import Limits
+from drivers.fanout import get_each
 
 
 class RateReport(BaseModel):
@@ -73,17 +74,15 @@ def close_and_report(adapters: Sequence[ActorHandle], limit: CoordinatedLimit, w
 
 
 def _values(refs: list[ray.ObjectRef]) -> list[Any]:
-    """All values in one round trip; only when an adapter died, each alone, skipping the dead."""
-    try:
-        return list(ray.get(refs))
-    except RayActorError:
-        values = []
-        for ref in refs:
-            try:
-                values.append(ray.get(ref))
-            except RayActorError:
-                continue  # its requests already ended as adapter_died results
-        return values
+    """Every value, skipping adapters that died (their requests already ended as adapter_died)."""
+    values = []
+    for value in get_each(refs):
+        if isinstance(value, RayActorError):
+            continue
+        if isinstance(value, BaseException):
+            raise value
+        values.append(value)
+    return values
 
 
 def _of(achieved: float, limit: int | None, unit: str) -> str:
