@@ -42,6 +42,7 @@ class Connection:
         self._headers = {name: value for name, value in headers.items() if isinstance(value, str)}
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._default_timeout = _timeout(DEFAULT_TIMEOUT_S)
 
     def __repr__(self) -> str:
         return f"Connection({self._base_url!r})"
@@ -49,9 +50,10 @@ class Connection:
     async def post_json(self, path: str, body: dict[str, Any], timeout_s: float | None) -> tuple[Any, Mapping[str, str]]:
         """POST ``body``; the decoded JSON answer and its headers, or the SDK's exception."""
         url = self._base_url + path
-        timeout = aiohttp.ClientTimeout(total=timeout_s or DEFAULT_TIMEOUT_S, sock_connect=CONNECT_TIMEOUT_S)
+        timeout = self._default_timeout if timeout_s is None else _timeout(timeout_s)
+        data = json.dumps(body).encode()
         try:
-            async with self._open().post(url, data=json.dumps(body), headers=self._headers, timeout=timeout) as response:
+            async with self._open().post(url, data=data, headers=self._headers, timeout=timeout) as response:
                 content = await response.read()
                 status, headers = response.status, response.headers
         except asyncio.TimeoutError as err:
@@ -73,6 +75,10 @@ class Connection:
             connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=self._max_connections)
             self._session = aiohttp.ClientSession(connector=connector, raise_for_status=False)
         return self._session
+
+
+def _timeout(total_s: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=total_s, sock_connect=CONNECT_TIMEOUT_S)
 
 
 def _status_error(url: str, status: int, headers: Mapping[str, str], content: bytes) -> openai.APIStatusError:

@@ -50,6 +50,11 @@ from typing import Any, NoReturn
 import pydantic
 from aiohttp import web
 
+try:
+    from uvloop import new_event_loop
+except ImportError:  # uvloop is not built for Windows
+    from asyncio import new_event_loop
+
 __all__ = ["MockConfig", "MockServer", "ReceivedRequest", "main"]
 
 Body = dict[str, Any]
@@ -58,6 +63,7 @@ LOG_LIMIT = 10_000
 """The log keeps only the most recent requests, so long benchmarks don't grow memory."""
 
 _EPS = 1e-9  # float drift: a bucket this close to enough counts as enough
+_ACCEPT_BACKLOG = 4096
 _SHUTDOWN_TIMEOUT_S = 0.1  # stop() cancels in-flight handlers (e.g. hangs) after ~2x this
 _EMBEDDING_DIM = 8
 _REPLY_PROMPT_WORDS = 8
@@ -628,7 +634,7 @@ class MockServer:
     def start(self) -> MockServer:
         if self._thread is not None:
             raise RuntimeError("MockServer is already started")
-        self._loop = asyncio.new_event_loop()
+        self._loop = new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="rayfan-mock-server", daemon=True)
         self._thread.start()
         try:
@@ -669,7 +675,9 @@ class MockServer:
         # handler_cancellation: a client disconnect cancels its handler, so waits end and are logged.
         runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
         await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port)
+        # A deep accept queue, as real endpoints have: at aiohttp's default of 128, a batch
+        # opening thousands of connections at once loses SYNs and waits a second to resend them.
+        site = web.TCPSite(runner, self._host, self._port, backlog=_ACCEPT_BACKLOG)
         try:
             await site.start()
         except BaseException:
@@ -819,7 +827,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tpm", type=int, default=None, help="tokens-per-minute limit per API key")
     args = parser.parse_args(argv)
     config = MockConfig(latency_s=args.latency, rpm_limit=args.rpm, tpm_limit=args.tpm)
-    asyncio.run(_serve_until_signalled(MockServer(config, port=args.port)))
+    loop = new_event_loop()
+    try:
+        loop.run_until_complete(_serve_until_signalled(MockServer(config, port=args.port)))
+    finally:
+        loop.close()
 
 
 if __name__ == "__main__":

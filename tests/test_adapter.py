@@ -254,6 +254,21 @@ def test_five_failed_attempts_end_failed_with_the_last_error(server: MockServer,
     assert caplog.text.count("retrying in") == 4  # no sleep after the last attempt
 
 
+def test_a_single_attempt_policy_never_retries(server: MockServer, caplog: pytest.LogCaptureFixture) -> None:
+    """The first attempt runs outside the retry loop; its failure must still obey the policy."""
+
+    async def body() -> None:
+        adapter = make_adapter(server, retry=RetryPolicy(max_attempts=1))
+        result = await adapter.run(chat("once", "down [[mock status=503]]"))
+        await adapter.close()
+        assert result.status is TaskStatus.FAILED and result.attempts == 1
+        assert result.error and result.error.code == "server_error"
+
+    with caplog.at_level(logging.WARNING, logger="actors.retry"):
+        run(body())
+    assert len(server.requests()) == 1 and "retrying in" not in caplog.text
+
+
 def test_per_attempt_timeout_is_retried_then_reported(server: MockServer) -> None:
     async def body() -> None:
         adapter = make_adapter(server, retry=RetryPolicy(max_attempts=2, min_wait_s=0.01, max_wait_s=0.02))

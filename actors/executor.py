@@ -1,0 +1,150 @@
+"""One task from its first attempt to its TaskResult: rate limit, retries, usage and cost.
+
+Most requests succeed at once, so the first attempt runs outside tenacity's retry loop,
+whose per-request machinery cost about a tenth of an adapter's CPU; a failure enters
+the loop, which replays it as attempt 1 and decides, waits and retries from there, so
+every failure goes through the one retry policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import openai
+from pydantic import BaseModel
+
+from actors.connection import Connection
+from actors.endpoints import SENDERS, OnDelta, Reply
+from actors.errors import ScopeStopped
+from actors.limiter import Limiter
+from actors.models import TaskError, TaskResult, TaskStatus, Usage
+from actors.pricing import PriceTable
+from actors.retry import RetryPolicy, describe_error, is_fatal_quota
+from actors.task_table import TaskRecord
+
+log = logging.getLogger(__name__)
+
+
+class AdapterStats(BaseModel):
+    """Running totals of one adapter."""
+
+    requests: int = 0  # HTTP attempts sent
+    retries: int = 0
+    rate_limited: int = 0  # 429 answers, fatal quota included
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def count(self, result: TaskResult) -> None:
+        self.completed += result.status is TaskStatus.COMPLETED
+        self.failed += result.status is TaskStatus.FAILED
+        self.cancelled += result.status is TaskStatus.CANCELLED
+        self.prompt_tokens += result.usage.prompt_tokens
+        self.completion_tokens += result.usage.completion_tokens
+        self.cost_usd += result.cost_usd or 0.0
+
+
+class TaskExecutor:
+    """Runs task records against one connection under one limiter and retry policy."""
+
+    def __init__(self, connection: Connection, limiter: Limiter, retry: RetryPolicy, prices: PriceTable) -> None:
+        self._connection = connection
+        self._limiter = limiter
+        self._retry = retry
+        self._prices = prices
+        self.stats = AdapterStats()
+
+    async def execute(self, record: TaskRecord) -> None:
+        """Run the task; it always ends with ``record.result`` set, cancelled ones included."""
+        started = time.monotonic()
+        record.status = TaskStatus.RUNNING
+        try:
+            reply = await self._send(record)
+        except asyncio.CancelledError:
+            self._finish(record, started, error=TaskError(code="cancelled", message="cancelled by request"))
+            raise
+        except openai.OpenAIError as error:
+            self._finish(record, started, error=describe_error(error))
+        except ScopeStopped as stopped:
+            self._finish(record, started, error=stopped.error)
+        except Exception as error:  # a bug of ours: recorded with its traceback, never lost
+            log.exception("%s: unexpected error", record.task.custom_id)
+            self._finish(record, started, error=TaskError(code="internal_error", message=repr(error)))
+        else:
+            self._finish(record, started, reply=reply)
+
+    async def _send(self, record: TaskRecord) -> Reply:
+        try:
+            return await self._attempt(record)
+        except Exception as error:  # CancelledError is not an Exception: it is never retried
+            failure = error
+        async for attempt in self._retry.retrying(record.task.custom_id, may_retry=lambda: not record.streamed):
+            with attempt:
+                if attempt.retry_state.attempt_number == 1:
+                    raise failure  # the first attempt's, replayed for the policy to judge
+                return await self._attempt(record)
+        raise AssertionError("tenacity either returns, or re-raises the last error")
+
+    async def _attempt(self, record: TaskRecord) -> Reply:
+        task = record.task
+        async with self._limiter.attempt(task) as limited:  # waits for the rate limit
+            record.attempts += 1
+            self.stats.requests += 1
+            self.stats.retries += record.attempts > 1
+            try:
+                reply = await SENDERS[task.kind](self._connection, task, _delta_sink(record))
+            except openai.RateLimitError as error:
+                self.stats.rate_limited += 1
+                if is_fatal_quota(error):
+                    log.error("%s: insufficient_quota: the account has no credit left; not retrying", task.custom_id)
+                raise
+            limited.succeeded(reply)
+            return reply
+
+    def _finish(self, record: TaskRecord, started: float, *, reply: Reply | None = None, error: TaskError | None = None) -> None:
+        task = record.task
+        if reply is not None:
+            status = TaskStatus.COMPLETED
+        else:
+            status = TaskStatus.CANCELLED if error is not None and error.code == "cancelled" else TaskStatus.FAILED
+        usage = reply.usage if reply else Usage()
+        record.result = TaskResult(
+            custom_id=task.custom_id,
+            status=status,
+            text=reply.text if reply else None,
+            body=reply.body if reply else None,
+            finish_reason=reply.finish_reason if reply else None,
+            usage=usage,
+            cost_usd=self._prices.cost(reply.model, usage) if reply else 0.0,
+            model=reply.model if reply else task.model,
+            attempts=record.attempts,
+            latency_s=time.monotonic() - started,
+            request_id=reply.request_id if reply else None,
+            error=error,
+        )
+        record.status = status
+        if record.deltas is not None:
+            record.deltas.put_nowait(None)
+        self.stats.count(record.result)
+
+
+def _delta_sink(record: TaskRecord) -> OnDelta:
+    """Where a streamed answer's text goes as it arrives: the record's queue."""
+    deltas = record.deltas
+    if deltas is None:
+        return _no_deltas
+
+    def on_delta(text: str) -> None:
+        record.streamed = True
+        deltas.put_nowait(text)
+
+    return on_delta
+
+
+def _no_deltas(text: str) -> None:
+    raise AssertionError("only stream=True tasks produce deltas")

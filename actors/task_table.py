@@ -1,0 +1,97 @@
+"""An adapter's table of tasks: what runs, what finished, and what is waiting to be collected.
+
+Each task is an ``asyncio.Task`` with a record that ends in exactly one terminal state.
+A record is evicted when its result is collected, or ``ttl_s`` after it finished if
+nobody collects it, checked as new tasks arrive, so a long run keeps memory flat
+without a timer per task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from actors.errors import TaskNotFound
+from actors.models import ChatTask, EmbeddingTask, ResponsesTask, TaskResult, TaskStatus
+
+AnyTask = ChatTask | ResponsesTask | EmbeddingTask
+
+
+@dataclass(eq=False, slots=True)
+class TaskRecord:
+    """One task's state. The executor fills in ``status``, ``attempts`` and ``result``."""
+
+    task: AnyTask
+    deltas: asyncio.Queue[str | None] | None  # only for stream=True tasks
+    runner: asyncio.Task[None] | None = None
+    status: TaskStatus = TaskStatus.PENDING
+    attempts: int = 0
+    streamed: bool = False
+    result: TaskResult | None = None
+
+
+Execute = Callable[[TaskRecord], Awaitable[None]]
+
+
+class TaskTable:
+    """Starts tasks with ``execute`` and keeps their records until collected or expired."""
+
+    def __init__(self, prefix: str, execute: Execute, *, ttl_s: float) -> None:
+        self._prefix = prefix
+        self._execute = execute
+        self._ttl_s = ttl_s
+        self._records: dict[str, TaskRecord] = {}
+        self._uncollected: dict[str, float] = {}  # finished, not yet collected: id -> eviction time
+        self._ids = itertools.count()
+
+    def start(self, task: AnyTask) -> tuple[str, TaskRecord]:
+        """Register ``task`` and start running it; its id and record."""
+        self._evict_expired()
+        task_id = f"{self._prefix}-{next(self._ids)}"
+        record = TaskRecord(task=task, deltas=asyncio.Queue() if getattr(task, "stream", False) else None)
+        self._records[task_id] = record
+        record.runner = asyncio.create_task(self._run(task_id, record), name=task_id)
+        return task_id, record
+
+    def get(self, task_id: str) -> TaskRecord:
+        try:
+            return self._records[task_id]
+        except KeyError:
+            raise TaskNotFound(task_id) from None
+
+    def collect(self, task_id: str) -> TaskResult:
+        """The finished task's result; its record is evicted."""
+        record = self._records.pop(task_id)
+        self._uncollected.pop(task_id, None)
+        assert record.result is not None, "a finished runner always leaves a result"
+        return record.result
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._records) - len(self._uncollected)
+
+    async def cancel_all(self) -> None:
+        runners = [record.runner for record in self._records.values() if record.runner and not record.runner.done()]
+        for runner in runners:
+            runner.cancel()
+        await asyncio.gather(*runners, return_exceptions=True)
+
+    async def _run(self, task_id: str, record: TaskRecord) -> None:
+        try:
+            await self._execute(record)
+        finally:
+            self._uncollected[task_id] = time.monotonic() + self._ttl_s
+
+    def _evict_expired(self) -> None:
+        """Drop finished records nobody collected within the TTL. The dict is in finish
+        order, so only its expired head is visited."""
+        now = time.monotonic()
+        while self._uncollected:
+            task_id, deadline = next(iter(self._uncollected.items()))
+            if deadline > now:
+                return
+            del self._uncollected[task_id]
+            self._records.pop(task_id, None)
