@@ -20,7 +20,7 @@ import openai
 import ray
 from pydantic import BaseModel, SecretStr
 
-from actors.connection import Connection
+from actors.connection import DEFAULT_BASE_URL, Connection
 from actors.endpoints import SENDERS
 from actors.errors import ConfigError, ResultTimeout
 from actors.executor import AdapterStats, TaskExecutor
@@ -58,32 +58,21 @@ class Adapter:
         result_ttl_s: float = 600.0,
         limit: LimitSpec | None = None,
     ) -> None:
+        self.name = name or f"adapter-{uuid.uuid4().hex[:8]}"
+        self.model = model
+        url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        self.endpoint = _without_credentials(url)
         key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key or os.environ.get("OPENAI_API_KEY", ""))
         if not key.get_secret_value():
             raise ConfigError("no API key: pass api_key= or set OPENAI_API_KEY where the adapter runs")
-        client = openai.AsyncOpenAI(
-            base_url=base_url or os.environ.get("OPENAI_BASE_URL"),
-            api_key=key.get_secret_value(),
-            max_retries=0,
-            http_client=openai.DefaultAioHttpClient(),
-        )
+        client = openai.AsyncOpenAI(base_url=url, api_key=key.get_secret_value(), max_retries=0, http_client=openai.DefaultAioHttpClient())
         self._connection = Connection(client, max_connections=MAX_CONCURRENCY)
-        self.name = name or f"adapter-{uuid.uuid4().hex[:8]}"
-        self.model = model
         self._limiter = limit.build(self.name) if limit is not None else NoLimit()
         self._executor = TaskExecutor(self._connection, self._limiter, retry or RetryPolicy(), prices or PriceTable.default())
         self._table = TaskTable(self.name, self._executor.execute, ttl_s=result_ttl_s)
 
     def __repr__(self) -> str:
         return f"Adapter(name={self.name!r}, model={self.model!r}, endpoint={self.endpoint!r})"
-
-    @property
-    def endpoint(self) -> str:
-        """The base URL with any credentials or query string removed."""
-        parts = urlsplit(str(self._connection.client.base_url))
-        host = parts.hostname or ""
-        netloc = f"{host}:{parts.port}" if parts.port else host
-        return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
     async def submit_task(self, task: AnyTask) -> str:
         """Validate and start a task; returns its id at once. Invalid tasks raise InvalidTask."""
@@ -161,6 +150,14 @@ class Adapter:
         if parsed.kind != "embeddings" and "model" not in parsed.model_fields_set:
             parsed = parsed.model_copy(update={"model": self.model})
         return parsed
+
+
+def _without_credentials(url: str) -> str:
+    """The base URL with any user:password or query string removed, fit to show."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
 OpenAIAdapter = ray.remote(max_concurrency=MAX_CONCURRENCY)(Adapter)

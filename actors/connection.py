@@ -18,6 +18,7 @@ import aiohttp
 import httpx2
 import openai
 
+DEFAULT_BASE_URL = "https://api.openai.com/v1"  # the SDK's default endpoint
 DEFAULT_TIMEOUT_S = 600.0  # the SDK's default per request
 CONNECT_TIMEOUT_S = 5.0
 

@@ -17,8 +17,8 @@ from drivers.budget import Budget
 from drivers.cluster import connect, shared_limit, start_adapters
 from drivers.estimate import estimate_request
 from drivers.fanout import Dispatcher
-from drivers.interrupt import WAIT_SLICE_S, CtrlC
 from drivers.inputs import InputProblem, InputRequest, RequestDefaults, read_requests
+from drivers.interrupt import WAIT_SLICE_S, CtrlC
 from drivers.limits import close_and_report
 from drivers.outputs import (
     BUDGET_EXHAUSTED,
@@ -56,6 +56,8 @@ class BatchOptions(BaseModel):
     rpm: int | None = Field(default=None, gt=0)
     tpm: int | None = Field(default=None, gt=0)
     """Rate limits of the key for this model; what is not given is learned from the server's headers."""
+    prices: PriceTable = Field(default_factory=PriceTable.default)
+    """Prices for costs and the budget's worst cases: the shipped table, or one with the user's overrides."""
 
 
 def run_batch(options: BatchOptions, *, progress: ProgressBar | None = None) -> RunSummary:
@@ -74,11 +76,14 @@ def run_batch(options: BatchOptions, *, progress: ProgressBar | None = None) -> 
     limit = shared_limit(
         options.adapters, base_url=options.base_url, api_key=api_key, model=options.model, limits=Limits(rpm=options.rpm, tpm=options.tpm)
     )
-    adapters = start_adapters(options.adapters, base_url=options.base_url, api_key=api_key, model=options.model, limit=limit)
+    adapters = start_adapters(
+        options.adapters, base_url=options.base_url, api_key=api_key, model=options.model, limit=limit, prices=options.prices
+    )
     try:
         sending = time.monotonic()
         with OutputWriter(options.output) as out, CtrlC() as ctrl_c:
-            run = _Run(Dispatcher(adapters, max_in_flight=options.max_in_flight), out, summary, budget, progress, ctrl_c)
+            dispatcher: Dispatcher[_Sent] = Dispatcher(adapters, max_in_flight=options.max_in_flight)
+            run = _Run(dispatcher, out, summary, budget, options.prices, progress, ctrl_c)
             try:
                 run.send_all(read_requests(options.input, options.defaults), resume)
             except KeyboardInterrupt:
@@ -111,6 +116,7 @@ class _Run:
         out: OutputWriter,
         summary: RunSummary,
         budget: Budget | None,
+        prices: PriceTable,
         progress: ProgressBar | None,
         ctrl_c: CtrlC,
     ) -> None:
@@ -119,7 +125,7 @@ class _Run:
         self._out = out
         self._summary = summary
         self._budget = budget
-        self._prices = PriceTable.default()
+        self._prices = prices
         self._progress = progress
 
     def send_all(self, items: Iterable[InputRequest | InputProblem], resume: ResumeState) -> None:

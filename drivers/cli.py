@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
+from actors.errors import ConfigError
 from actors.models import DEFAULT_MODEL
 from actors.pricing import PriceTable
 from drivers.batch import BatchOptions, run_batch
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("input", type=Path, help="JSONL: Batch API lines or {\"prompt\": ...}")
+    run.add_argument("input", type=Path, help='JSONL: Batch API lines or {"prompt": ...}')
     run.add_argument("-o", "--output", type=Path, required=True, help="JSONL output; re-running resumes it")
     run.add_argument("--mock", action="store_true", help="use a built-in fake OpenAI endpoint (no key, no network)")
     run.add_argument("--base-url", help="OpenAI-compatible endpoint (default: OPENAI_BASE_URL or OpenAI)")
@@ -70,9 +71,23 @@ def build_parser() -> argparse.ArgumentParser:
         " its worst case before it is sent; what does not fit is recorded as not run",
     )
     run.add_argument("--dry-run", action="store_true", help="print the estimated cost range of the whole file; send nothing")
-    run.add_argument("--strict", action="store_true", help="validate the whole file first; if a line is bad, list every problem and send nothing")
+    run.add_argument(
+        "--strict", action="store_true", help="validate the whole file first; if a line is bad, list every problem and send nothing"
+    )
     run.add_argument("--sort", action="store_true", help="at the end, rewrite the output in input order")
-    run.add_argument("--rpm", type=_positive(int), default=None, help="requests per minute the key may send to this model (all adapters together; default: learned from the server)")
+    run.add_argument(
+        "--prices",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="JSON price table (the shape of actors/prices.json) whose models override or extend the shipped one",
+    )
+    run.add_argument(
+        "--rpm",
+        type=_positive(int),
+        default=None,
+        help="requests per minute the key may send to this model (all adapters together; default: learned from the server)",
+    )
     run.add_argument("--tpm", type=_positive(int), default=None, help="tokens per minute, likewise")
     run.add_argument(
         "--progress",
@@ -103,11 +118,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.input.is_file():
         parser.error(f"input file {args.input} does not exist")
     defaults = RequestDefaults(model=args.model, max_tokens=args.max_tokens)
+    try:
+        prices = PriceTable.with_overrides(args.prices)
+    except ConfigError as err:
+        parser.error(str(err))
     if args.strict and (problems := _list_problems(args.input, defaults)):
         print(f"{problems} bad lines in {args.input}; nothing was sent", file=sys.stderr)
         return ExitCode.INVALID_INPUT
     if args.dry_run:
-        print(estimate_file(args.input, defaults, PriceTable.default()).render())
+        print(estimate_file(args.input, defaults, prices).render())
         return ExitCode.OK
     show_progress = sys.stderr.isatty() if args.progress is None else args.progress
     progress = ProgressBar(count_requests(args.input)) if show_progress else None
@@ -127,8 +146,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             defaults=defaults,
             rpm=args.rpm,
             tpm=args.tpm,
+            prices=prices,
         )
-        summary = run_batch(options, progress=progress)
+        try:
+            summary = run_batch(options, progress=progress)
+        except ConfigError as err:
+            print(f"{parser.prog}: error: {err}", file=sys.stderr)
+            return ExitCode.USAGE
     if progress is not None:
         progress.close(summary)
     print(summary.render())

@@ -8,17 +8,20 @@ import os
 import ray
 from pydantic import SecretStr
 from ray.actor import ActorHandle
+from ray.exceptions import RayActorError
 
 from actors.adapter import OpenAIAdapter
+from actors.connection import DEFAULT_BASE_URL
 from actors.coordinator import coordinator_for
+from actors.errors import ConfigError
 from actors.leases import CoordinatedLimit
 from actors.limiter import LimitSpec
 from actors.limits import Limits
+from actors.pricing import PriceTable
 from actors.retry import RetryPolicy
+from drivers.fanout import get_each
 
 log = logging.getLogger(__name__)
-
-OPENAI_BASE_URL = "https://api.openai.com/v1"  # the SDK's default endpoint
 
 
 def connect(address: str | None) -> None:
@@ -36,23 +39,47 @@ def start_adapters(
     model: str,
     retry: RetryPolicy | None = None,
     limit: LimitSpec | None = None,
+    prices: PriceTable | None = None,
 ) -> list[ActorHandle]:
-    """K adapter actors SPREAD over the nodes. The key travels as a SecretStr, never in
-    options or names that Ray lists; without one, each adapter reads its node's environment."""
+    """K adapter actors SPREAD over the nodes, once every one has started. The key travels
+    as a SecretStr, never in options or names that Ray lists; without one, each adapter
+    reads its node's environment."""
     key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
     secret = SecretStr(key) if key else None
-    return [
+    adapters = [
         OpenAIAdapter.options(scheduling_strategy="SPREAD").remote(
-            base_url=base_url, api_key=secret, model=model, name=f"adapter-{index}", retry=retry, limit=limit
+            base_url=base_url,
+            api_key=secret,
+            model=model,
+            name=f"adapter-{index}",
+            retry=retry,
+            limit=limit,
+            prices=prices,
         )
         for index in range(count)
     ]
+    _check_started(adapters)
+    return adapters
+
+
+def _check_started(adapters: list[ActorHandle]) -> None:
+    """Raise ConfigError if an adapter could not start (no API key on its node, say), so a
+    run stops before it sends anything instead of writing an adapter_died record per request."""
+    for value in get_each([adapter.status.remote() for adapter in adapters]):
+        if isinstance(value, RayActorError):
+            raise ConfigError(f"an adapter could not start: {_reason(value)}")
+
+
+def _reason(error: RayActorError) -> str:
+    """The last line of the traceback Ray wraps an actor's failed __init__ in."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 def shared_limit(count: int, *, base_url: str | None, api_key: str | None, model: str, limits: Limits) -> CoordinatedLimit:
     """The scope's rate-limit coordinator (found, or created on first use) as the limit all
     ``count`` adapters share; ``limits`` are the given ones, the rest is learned from headers."""
-    endpoint = (base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL).rstrip("/")
+    endpoint = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
     key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "")
     coordinator = coordinator_for(endpoint, key, model, limits=limits)
     return CoordinatedLimit(coordinator=coordinator, adapters=count, limits=limits)

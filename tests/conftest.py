@@ -39,7 +39,11 @@ def server(mock_server: MockServer) -> Iterator[MockServer]:
 
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=True, logging_level=logging.WARNING, log_to_driver=False)
+    with pytest.MonkeyPatch.context() as patch:
+        # Ray's workers inherit this environment: no test may find a developer's real key there.
+        patch.delenv("OPENAI_API_KEY", raising=False)
+        patch.delenv("OPENAI_BASE_URL", raising=False)
+        ray.init(num_cpus=2, include_dashboard=True, logging_level=logging.WARNING, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -100,7 +100,12 @@ def test_all_three_endpoints_and_both_shapes_over_http(
         tmp_path / "in.jsonl",
         [
             {"custom_id": "chat", "method": "POST", "url": "/v1/chat/completions", "body": chat},
-            {"custom_id": "resp", "method": "POST", "url": "/v1/responses", "body": {"input": "a responses question", "max_output_tokens": 6}},
+            {
+                "custom_id": "resp",
+                "method": "POST",
+                "url": "/v1/responses",
+                "body": {"input": "a responses question", "max_output_tokens": 6},
+            },
             {"custom_id": "emb", "method": "POST", "url": "/v1/embeddings", "body": {"input": ["embed", "these"]}},
             {"custom_id": "short", "prompt": "a shorthand question"},
         ],
@@ -130,7 +135,12 @@ def test_strict_lists_every_problem_and_sends_nothing(
 ) -> None:
     write_lines(
         tmp_path / "in.jsonl",
-        [{"custom_id": "a", "prompt": "fine"}, "{oops", {"custom_id": "a", "prompt": "again"}, {"custom_id": "b", "url": "/v1/nope", "body": {}}],
+        [
+            {"custom_id": "a", "prompt": "fine"},
+            "{oops",
+            {"custom_id": "a", "prompt": "again"},
+            {"custom_id": "b", "url": "/v1/nope", "body": {}},
+        ],
     )
     assert rayfan("--strict") == 3
     err = capsys.readouterr().err
@@ -159,9 +169,7 @@ def test_failed_requests_are_sent_again_only_with_retry_failed(
     assert sorted(prompts_sent(server)) == sorted(prompts + [prompts[-1]]), "only the failed one was sent again"
 
 
-def test_sort_rewrites_the_output_in_input_order(
-    tmp_path: Path, rayfan: Callable[..., int], capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_sort_rewrites_the_output_in_input_order(tmp_path: Path, rayfan: Callable[..., int], capsys: pytest.CaptureFixture[str]) -> None:
     slow_first = [{"prompt": f"slow {i} [[mock latency=0.4]]"} for i in range(3)]
     write_lines(tmp_path / "in.jsonl", [*slow_first, "not json", *({"prompt": f"fast {i}"} for i in range(6))])
     out = tmp_path / "out.jsonl"
@@ -176,12 +184,24 @@ def test_sort_rewrites_the_output_in_input_order(
     assert "10/10" in capsys.readouterr().err, "--progress draws even when stderr is not a terminal"
 
 
+def test_an_adapter_that_cannot_start_stops_the_run_before_anything_is_sent(
+    tmp_path: Path, server: MockServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No key here nor in the workers' environment: one clear error, not a failed record per line."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    out = tmp_path / "out.jsonl"
+    assert main(["run", str(EXAMPLES), "-o", str(out), "--base-url", server.base_url]) == ExitCode.USAGE
+    assert "an adapter could not start" in (err := capsys.readouterr().err) and "no API key" in err
+    assert not out.exists() and server.requests() == []
+
+
 @pytest.mark.parametrize(
     "args",
     [
         ["run", "missing.jsonl", "-o", "out.jsonl"],
         ["run", str(EXAMPLES), "-o", "out.jsonl", "--budget-usd", "-1"],
         ["run", str(EXAMPLES), "-o", "out.jsonl", "--max-in-flight", "0"],
+        ["run", str(EXAMPLES), "-o", "out.jsonl", "--prices", "no-such-prices.json"],
         ["run", str(EXAMPLES), "--no-such-flag"],
         ["run", str(EXAMPLES)],
     ],

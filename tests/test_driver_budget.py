@@ -137,3 +137,24 @@ def test_a_budget_stops_sending_before_it_could_be_overshot_and_a_larger_one_res
     assert len(records) == 31 and sum(r["error"] is None for r in records) == 30
     assert math.fsum(r["rayfan"].get("cost_usd") or 0 for r in records) <= larger
     assert sorted(prompts_of(server)) == sorted(f"question number {i} about budgets" for i in range(30)), "none sent twice"
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_user_price_file_prices_a_model_the_shipped_table_lacks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --prices this model is unpriced, so --budget-usd would refuse to send it (exit 2)."""
+    prices = tmp_path / "prices.json"
+    local = {"input": 1.0, "cached_input": 0.5, "output": 2.0}
+    prices.write_text(json.dumps({"as_of": "2026-11-01", "models": {"my-local-llama": local}}))
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"custom_id": "a", "prompt": "hello there", "model": "my-local-llama", "max_tokens": 8}) + "\n")
+    out = tmp_path / "out.jsonl"
+    common = ["run", str(source), "-o", str(out), "--mock", "--prices", str(prices)]
+
+    assert main([*common, "--dry-run"]) == 0
+    assert "no known price" not in capsys.readouterr().out
+    assert main([*common, "--budget-usd", "1"]) == 0
+    (record,) = read_records(out)
+    usage = record["rayfan"]["usage"]
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
+    expected = (usage["prompt_tokens"] * local["input"] + usage["completion_tokens"] * local["output"]) / 1e6
+    assert record["rayfan"]["cost_usd"] == pytest.approx(expected)
