@@ -6,7 +6,9 @@ Scene a: 5,000 requests at zero latency. Scene b: 20,000 requests at 2 s latency
 in flight (ideal: 20 s). Each side runs in its own subprocess; CPU is summed over that
 process and all its descendants (Ray's workers, raylet and GCS included), excluding the
 fake server, which runs in a third process. Prints requests/s, wall time, CPU ms per
-request, and the rayfan / baseline ratios.
+request, and the rayfan / baseline ratios. The side "coordinated" is rayfan as
+``rayfan run`` uses it: the adapters share a rate-limit coordinator (here with no limit
+given or learned, so it only counts), which costs token counting and lease bookkeeping.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from bench.proc_cpu import cpu_used, tree_cpu_seconds  # noqa: E402
 
 SCENES = {"a": {"requests": 5_000, "latency": 0.0, "in_flight": 512}, "b": {"requests": 20_000, "latency": 2.0, "in_flight": 2_000}}
 KEY = "sk-bench-not-a-key"
+SIDES = ("baseline", "rayfan", "coordinated")
 
 
 def _messages(i: int) -> list[dict[str, str]]:
@@ -50,14 +53,16 @@ async def _baseline(base_url: str, count: int, in_flight: int) -> int:
     return sum(results)
 
 
-def _rayfan(base_url: str, count: int, in_flight: int, adapters: int) -> tuple[int, float, float]:
+def _rayfan(base_url: str, count: int, in_flight: int, adapters: int, coordinated: bool) -> tuple[int, float, float]:
     import ray
 
-    from actors import ChatTask
+    from actors import ChatTask, Limits
     from drivers import fan_out, start_adapters
+    from drivers.cluster import shared_limit
 
     ray.init(include_dashboard=False, logging_level="WARNING")
-    handles = start_adapters(adapters, base_url=base_url, api_key=KEY, model="gpt-4o-mini")
+    limit = shared_limit(adapters, base_url=base_url, api_key=KEY, model="gpt-4o-mini", limits=Limits()) if coordinated else None
+    handles = start_adapters(adapters, base_url=base_url, api_key=KEY, model="gpt-4o-mini", limit=limit)
     warm = [ChatTask(custom_id=f"w{i}", messages=_messages(i), max_tokens=16) for i in range(20 * adapters)]
     assert all(result.ok for _, result in fan_out(warm, handles))
     before = tree_cpu_seconds(os.getpid())
@@ -78,7 +83,7 @@ def _worker(args: argparse.Namespace) -> None:
         wall = time.perf_counter() - started
         cpu = cpu_used(before, tree_cpu_seconds(os.getpid()))
     else:
-        ok, wall, cpu = _rayfan(args.url, args.count, args.in_flight, args.adapters)
+        ok, wall, cpu = _rayfan(args.url, args.count, args.in_flight, args.adapters, coordinated=args.side == "coordinated")
     print(json.dumps({"ok": ok, "wall_s": wall, "cpu_s": cpu}))
 
 
@@ -111,7 +116,7 @@ def main() -> None:
         scene = SCENES[name]
         server, url = _start_server(scene["latency"])
         try:
-            runs = {side: [_measure(side, url, scene, args.adapters) for _ in range(args.repeat)] for side in ("baseline", "rayfan")}
+            runs = {side: [_measure(side, url, scene, args.adapters) for _ in range(args.repeat)] for side in SIDES}
         finally:
             server.terminate()
             server.wait()
@@ -121,15 +126,17 @@ def main() -> None:
 def _report(name: str, scene: dict[str, float], runs: dict[str, list[dict[str, float]]]) -> None:
     median = {side: {key: statistics.median(run[key] for run in rows) for key in rows[0]} for side, rows in runs.items()}
     print(f"\nscene {name}: {scene['requests']:,} requests, latency {scene['latency']} s, {scene['in_flight']:,} in flight; medians of {len(runs['rayfan'])} runs")
-    print(f"{'':10}{'req/s':>10}{'wall s':>10}{'CPU ms/req':>12}")
-    for side in ("baseline", "rayfan"):
+    print(f"{'':26}{'req/s':>8}{'wall s':>10}{'CPU ms/req':>12}")
+    for side in SIDES:
         row = median[side]
-        print(f"{side:10}{row['rps']:>10.0f}{row['wall_s']:>10.2f}{row['cpu_ms']:>12.3f}")
-    ratio = {key: median["rayfan"][key] / median["baseline"][key] for key in median["rayfan"]}
-    print(f"{'ratio':10}{ratio['rps']:>10.2f}{ratio['wall_s']:>10.2f}{ratio['cpu_ms']:>12.2f}")
+        print(f"{side:26}{row['rps']:>8.0f}{row['wall_s']:>10.2f}{row['cpu_ms']:>12.3f}")
+    for side in SIDES[1:]:
+        ratio = {key: median[side][key] / median["baseline"][key] for key in median[side]}
+        print(f"{side + ' / baseline':26}{ratio['rps']:>8.2f}{ratio['wall_s']:>10.2f}{ratio['cpu_ms']:>12.2f}")
     if scene["latency"]:
         ideal = scene["requests"] / scene["in_flight"] * scene["latency"]
-        print(f"rayfan wall / ideal {ideal:.0f} s: {median['rayfan']['wall_s'] / ideal:.2f}")
+        for side in SIDES[1:]:
+            print(f"{side} wall / ideal {ideal:.0f} s: {median[side]['wall_s'] / ideal:.2f}")
 
 
 if __name__ == "__main__":
