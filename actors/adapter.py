@@ -28,7 +28,7 @@ from actors.limiter import LimitSpec, NoLimit
 from actors.models import DEFAULT_MODEL, TaskResult, TaskStatus, parse_task
 from actors.pricing import PriceTable
 from actors.retry import RetryPolicy
-from actors.task_table import AnyTask as Task
+from actors.task_table import AnyTask as ParsedTask
 from actors.task_table import TaskTable
 
 AnyTask = Any  # a task model or a dict that validates as one (see actors.models.parse_task)
@@ -144,7 +144,7 @@ class Adapter:
         await self._limiter.close()
         await self._connection.close()
 
-    def _prepare(self, task: AnyTask) -> Task:
+    def _prepare(self, task: AnyTask) -> ParsedTask:
         """The validated task, with this adapter's model unless the task names one."""
         parsed = parse_task(task)
         if parsed.kind != "embeddings" and "model" not in parsed.model_fields_set:

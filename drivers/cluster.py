@@ -58,7 +58,12 @@ def start_adapters(
         )
         for index in range(count)
     ]
-    _check_started(adapters)
+    try:
+        _check_started(adapters)
+    except ConfigError:
+        for adapter in adapters:
+            ray.kill(adapter)
+        raise
     return adapters
 
 
