@@ -121,8 +121,10 @@ def test_cancel_reaches_the_socket(server: MockServer) -> None:
         deadline = time.monotonic() + 5
         while not server.requests() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        assert (await adapter.status()).in_flight == 1
         assert await adapter.cancel_task(task_id) is True
         assert await adapter.get_status(task_id) is TaskStatus.CANCELLED
+        assert (await adapter.status()).in_flight == 0, "finished, though not collected yet"
         result = await adapter.get_result(task_id)
         assert result.status is TaskStatus.CANCELLED and result.error and result.error.code == "cancelled"
         stats = await adapter.stats()
