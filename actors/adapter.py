@@ -25,13 +25,12 @@ from actors.endpoints import SENDERS
 from actors.errors import ConfigError, ResultTimeout
 from actors.executor import AdapterStats, TaskExecutor
 from actors.limiter import LimitSpec, NoLimit
-from actors.models import DEFAULT_MODEL, TaskResult, TaskStatus, parse_task
+from actors.models import DEFAULT_MODEL, AnyTask, TaskResult, TaskStatus, parse_task
 from actors.pricing import PriceTable
 from actors.retry import RetryPolicy
-from actors.task_table import AnyTask as ParsedTask
 from actors.task_table import TaskTable
 
-AnyTask = Any  # a task model or a dict that validates as one (see actors.models.parse_task)
+TaskInput = Any  # a task model or a dict that validates as one (see actors.models.parse_task)
 MAX_CONCURRENCY = 4096  # calls one actor serves at once: in-flight run()/get_result() waits
 
 
@@ -74,7 +73,7 @@ class Adapter:
     def __repr__(self) -> str:
         return f"Adapter(name={self.name!r}, model={self.model!r}, endpoint={self.endpoint!r})"
 
-    async def submit_task(self, task: AnyTask) -> str:
+    async def submit_task(self, task: TaskInput) -> str:
         """Validate and start a task; returns its id at once. Invalid tasks raise InvalidTask."""
         task_id, _ = self._table.start(self._prepare(task))
         return task_id
@@ -114,11 +113,11 @@ class Adapter:
         await asyncio.wait({record.runner})
         return record.status is TaskStatus.CANCELLED
 
-    async def run(self, task: AnyTask) -> TaskResult:
+    async def run(self, task: TaskInput) -> TaskResult:
         """Submit and wait in one call, so a driver can hold one ObjectRef per request."""
         return await self.get_result(await self.submit_task(task))
 
-    async def run_batch(self, tasks: list[AnyTask]) -> list[TaskResult]:
+    async def run_batch(self, tasks: list[TaskInput]) -> list[TaskResult]:
         """Run several tasks concurrently and return their results in order: one actor call
         (and one ObjectRef) for many requests, since a call costs far more CPU than a request."""
         prepared = [self._prepare(task) for task in tasks]  # all valid, or none is sent
@@ -144,7 +143,7 @@ class Adapter:
         await self._limiter.close()
         await self._connection.close()
 
-    def _prepare(self, task: AnyTask) -> ParsedTask:
+    def _prepare(self, task: TaskInput) -> AnyTask:
         """The validated task, with this adapter's model unless the task names one."""
         parsed = parse_task(task)
         if parsed.kind != "embeddings" and "model" not in parsed.model_fields_set:

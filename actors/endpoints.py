@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors.connection import Connection
-from actors.models import ChatTask, EmbeddingTask, ResponsesTask, Usage
+from actors.models import AnyTask, ChatTask, EmbeddingTask, ResponsesTask, Usage
 
 OnDelta = Callable[[str], None]
-AnyTask = ChatTask | ResponsesTask | EmbeddingTask
 
 
 @dataclass(frozen=True)

@@ -33,10 +33,8 @@ from actors.bucket import Clock, RateBudget
 from actors.endpoints import Reply
 from actors.errors import ScopeStopped
 from actors.limits import DEFAULT_PAUSE_S, Limits, Observation, RateLimited
-from actors.models import ChatTask, EmbeddingTask, ResponsesTask, Usage
+from actors.models import AnyTask, Usage
 from actors.retry import describe_error, is_fatal_quota, retry_after_s
-
-AnyTask = ChatTask | ResponsesTask | EmbeddingTask
 
 
 @dataclass(frozen=True, slots=True)

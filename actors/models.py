@@ -79,11 +79,13 @@ class EmbeddingTask(_Task):
         return 0
 
 
+AnyTask = ChatTask | ResponsesTask | EmbeddingTask
+"""A validated task of any kind."""
 Task = Annotated[Union[ChatTask, ResponsesTask, EmbeddingTask], Field(discriminator="kind")]
-_TASK_ADAPTER: TypeAdapter[ChatTask | ResponsesTask | EmbeddingTask] = TypeAdapter(Task)
+_TASK_ADAPTER: TypeAdapter[AnyTask] = TypeAdapter(Task)
 
 
-def parse_task(data: Any) -> ChatTask | ResponsesTask | EmbeddingTask:
+def parse_task(data: Any) -> AnyTask:
     """Validate a task given as a model or a dict; errors name the offending field."""
     if isinstance(data, (ChatTask, ResponsesTask, EmbeddingTask)):
         return data

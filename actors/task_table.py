@@ -15,9 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from actors.errors import TaskNotFound
-from actors.models import ChatTask, EmbeddingTask, ResponsesTask, TaskResult, TaskStatus
-
-AnyTask = ChatTask | ResponsesTask | EmbeddingTask
+from actors.models import AnyTask, TaskResult, TaskStatus
 
 
 @dataclass(eq=False, slots=True)

@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from actors.models import ChatTask, EmbeddingTask, ResponsesTask
+from actors.models import AnyTask, ChatTask
 
 TOKENS_PER_MESSAGE = 3  # role and separators, per OpenAI's counting guide
 REPLY_PRIMING = 3
@@ -49,7 +49,7 @@ def count_text(text: str) -> int:
     return _counter()(text)
 
 
-def prompt_tokens(task: ChatTask | ResponsesTask | EmbeddingTask) -> int:
+def prompt_tokens(task: AnyTask) -> int:
     """Tokens the request's input will be billed for, counted or estimated."""
     if isinstance(task, ChatTask):
         return REPLY_PRIMING + sum(TOKENS_PER_MESSAGE + _content_tokens(message) for message in task.messages)
@@ -58,13 +58,13 @@ def prompt_tokens(task: ChatTask | ResponsesTask | EmbeddingTask) -> int:
     return sum(count_text(item) if isinstance(item, str) else _content_tokens(item) for item in task.input)
 
 
-def output_allowance(task: ChatTask | ResponsesTask | EmbeddingTask) -> int:
+def output_allowance(task: AnyTask) -> int:
     """The most output tokens the request may produce: its cap, or a default allowance."""
     cap = task.output_cap
     return DEFAULT_OUTPUT_ALLOWANCE if cap is None else cap
 
 
-def reservation(task: ChatTask | ResponsesTask | EmbeddingTask) -> int:
+def reservation(task: AnyTask) -> int:
     """Tokens to reserve against a TPM limit: prompt plus the output allowance."""
     return prompt_tokens(task) + output_allowance(task)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from actors.models import ChatTask, EmbeddingTask, ResponsesTask
+from actors.models import AnyTask
 from actors.pricing import PriceTable
 from actors.tokens import BYTES_PER_TOKEN_ESTIMATE, is_exact, output_allowance, prompt_tokens
 from drivers.inputs import InputProblem, RequestDefaults, read_requests
@@ -29,7 +29,7 @@ class RequestEstimate:
     """The worst case: what a budget reserves. None when the model has no known price."""
 
 
-def estimate_request(task: ChatTask | ResponsesTask | EmbeddingTask, prices: PriceTable) -> RequestEstimate:
+def estimate_request(task: AnyTask, prices: PriceTable) -> RequestEstimate:
     prompt, output = prompt_tokens(task), output_allowance(task)
     price = prices.lookup(task.model)
     if price is None:

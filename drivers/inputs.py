@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from actors.errors import InvalidTask
-from actors.models import ChatTask, EmbeddingTask, ResponsesTask, parse_task
+from actors.models import AnyTask, parse_task
 
 KIND_BY_URL = {"/v1/chat/completions": "chat", "/v1/responses": "responses", "/v1/embeddings": "embeddings"}
 URL_BY_KIND = {kind: url for url, kind in KIND_BY_URL.items()}
@@ -37,7 +37,7 @@ class RequestDefaults(BaseModel):
 @dataclass(frozen=True)
 class InputRequest:
     line: int
-    task: ChatTask | ResponsesTask | EmbeddingTask
+    task: AnyTask
 
     @property
     def custom_id(self) -> str:
