@@ -4,6 +4,10 @@ Most requests succeed at once, so the first attempt runs outside tenacity's retr
 whose per-request machinery cost about a tenth of an adapter's CPU; a failure enters
 the loop, which replays it as attempt 1 and decides, waits and retries from there, so
 every failure goes through the one retry policy.
+
+At most ``max_in_flight`` tasks run at once; the rest wait their turn, first come first
+served, as PENDING. A driver can then hand an adapter a little more than it may send, so
+a finished request's slot is refilled at once instead of after a round trip to the driver.
 """
 
 from __future__ import annotations
@@ -52,21 +56,34 @@ class AdapterStats(BaseModel):
 class TaskExecutor:
     """Runs task records against one connection under one limiter and retry policy."""
 
-    def __init__(self, connection: Connection, limiter: Limiter, retry: RetryPolicy, prices: PriceTable) -> None:
+    def __init__(self, connection: Connection, limiter: Limiter, retry: RetryPolicy, prices: PriceTable, *, max_in_flight: int) -> None:
         self._connection = connection
         self._limiter = limiter
         self._retry = retry
         self._prices = prices
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self.max_in_flight = max_in_flight
+        self.running = 0
         self.stats = AdapterStats()
 
     async def execute(self, record: TaskRecord) -> None:
-        """Run the task; it always ends with ``record.result`` set, cancelled ones included."""
-        started = time.monotonic()
-        record.status = TaskStatus.RUNNING
+        """Wait for a slot, then run the task; it always ends with ``record.result`` set,
+        cancelled ones included (those cancelled while waiting were never sent)."""
+        started: float | None = None
         try:
-            reply = await self._send(record)
+            async with self._slots:
+                started = time.monotonic()
+                record.status = TaskStatus.RUNNING
+                self.running += 1
+                try:
+                    reply = await self._send(record)
+                finally:
+                    self.running -= 1
         except asyncio.CancelledError:
-            self._finish(record, started, error=TaskError(code="cancelled", message="cancelled by request"))
+            if started is None:
+                self.never_started(record)
+            else:
+                self._finish(record, started, error=TaskError(code="cancelled", message="cancelled by request"))
             raise
         except openai.OpenAIError as error:
             self._finish(record, started, error=describe_error(error))
@@ -77,6 +94,10 @@ class TaskExecutor:
             self._finish(record, started, error=TaskError(code="internal_error", message=repr(error)))
         else:
             self._finish(record, started, reply=reply)
+
+    def never_started(self, record: TaskRecord) -> None:
+        """Finish a task cancelled before it had a slot: it was never sent."""
+        self._finish(record, None, error=TaskError(code="cancelled", message="cancelled by request before it was sent"))
 
     async def _send(self, record: TaskRecord) -> Reply:
         try:
@@ -106,7 +127,7 @@ class TaskExecutor:
             limited.succeeded(reply)
             return reply
 
-    def _finish(self, record: TaskRecord, started: float, *, reply: Reply | None = None, error: TaskError | None = None) -> None:
+    def _finish(self, record: TaskRecord, started: float | None, *, reply: Reply | None = None, error: TaskError | None = None) -> None:
         task = record.task
         if reply is not None:
             status = TaskStatus.COMPLETED
@@ -123,7 +144,7 @@ class TaskExecutor:
             cost_usd=self._prices.cost(reply.model, usage) if reply else 0.0,
             model=reply.model if reply else task.model,
             attempts=record.attempts,
-            latency_s=time.monotonic() - started,
+            latency_s=0.0 if started is None else time.monotonic() - started,
             request_id=reply.request_id if reply else None,
             error=error,
         )

@@ -32,14 +32,20 @@ class TaskRecord:
 
 
 Execute = Callable[[TaskRecord], Awaitable[None]]
+NeverStarted = Callable[[TaskRecord], None]
 
 
 class TaskTable:
-    """Starts tasks with ``execute`` and keeps their records until collected or expired."""
+    """Starts tasks with ``execute`` and keeps their records until collected or expired.
 
-    def __init__(self, prefix: str, execute: Execute, *, ttl_s: float) -> None:
+    ``never_started`` gives a result to a task cancelled before its coroutine took its
+    first step (asyncio then never runs the body), so no record is left without one.
+    """
+
+    def __init__(self, prefix: str, execute: Execute, never_started: NeverStarted, *, ttl_s: float) -> None:
         self._prefix = prefix
         self._execute = execute
+        self._never_started = never_started
         self._ttl_s = ttl_s
         self._records: dict[str, TaskRecord] = {}
         self._uncollected: dict[str, float] = {}  # finished, not yet collected: id -> eviction time
@@ -51,7 +57,8 @@ class TaskTable:
         task_id = f"{self._prefix}-{next(self._ids)}"
         record = TaskRecord(task=task, deltas=asyncio.Queue() if getattr(task, "stream", False) else None)
         self._records[task_id] = record
-        record.runner = asyncio.create_task(self._run(task_id, record), name=task_id)
+        record.runner = asyncio.create_task(self._execute(record), name=task_id)
+        record.runner.add_done_callback(lambda _: self._finished(task_id, record))
         return task_id, record
 
     def get(self, task_id: str) -> TaskRecord:
@@ -72,16 +79,25 @@ class TaskTable:
         return len(self._records) - len(self._uncollected)
 
     async def cancel_all(self) -> None:
-        runners = [record.runner for record in self._records.values() if record.runner and not record.runner.done()]
+        await self._cancel([record for record in self._records.values() if record.runner and not record.runner.done()])
+
+    async def cancel_pending(self) -> int:
+        """Cancel the tasks not yet started (waiting for a slot); how many there were."""
+        pending = [record for record in self._records.values() if record.status is TaskStatus.PENDING and record.runner]
+        await self._cancel(pending)
+        return len(pending)
+
+    @staticmethod
+    async def _cancel(records: list[TaskRecord]) -> None:
+        runners = [record.runner for record in records if record.runner is not None]
         for runner in runners:
             runner.cancel()
         await asyncio.gather(*runners, return_exceptions=True)
 
-    async def _run(self, task_id: str, record: TaskRecord) -> None:
-        try:
-            await self._execute(record)
-        finally:
-            self._uncollected[task_id] = time.monotonic() + self._ttl_s
+    def _finished(self, task_id: str, record: TaskRecord) -> None:
+        if record.result is None:
+            self._never_started(record)
+        self._uncollected[task_id] = time.monotonic() + self._ttl_s
 
     def _evict_expired(self) -> None:
         """Drop finished records nobody collected within the TTL. The dict is in finish

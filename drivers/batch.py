@@ -11,7 +11,7 @@ import ray
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from actors.limits import Limits
-from actors.models import DEFAULT_MODEL
+from actors.models import DEFAULT_MODEL, TaskStatus
 from actors.pricing import PriceTable
 from drivers.budget import Budget
 from drivers.cluster import connect, shared_limit, start_adapters
@@ -77,7 +77,13 @@ def run_batch(options: BatchOptions, *, progress: ProgressBar | None = None) -> 
         options.adapters, base_url=options.base_url, api_key=api_key, model=options.model, limits=Limits(rpm=options.rpm, tpm=options.tpm)
     )
     adapters = start_adapters(
-        options.adapters, base_url=options.base_url, api_key=api_key, model=options.model, limit=limit, prices=options.prices
+        options.adapters,
+        base_url=options.base_url,
+        api_key=api_key,
+        model=options.model,
+        limit=limit,
+        prices=options.prices,
+        max_in_flight=options.max_in_flight,
     )
     try:
         sending = time.monotonic()
@@ -143,9 +149,11 @@ class _Run:
             self._collect()
 
     def drain(self, *, deadline: float) -> None:
-        """After Ctrl-C: keep what finishes before the deadline (or a second Ctrl-C); the
-        rest is sent again by the next run."""
+        """After Ctrl-C: nothing more is sent, not even what waits in the adapters' queues;
+        keep what finishes before the deadline (or a second Ctrl-C). The rest is sent again
+        by the next run."""
         try:
+            self._dispatcher.cancel_waiting()
             while self._dispatcher.in_flight and (remaining := deadline - time.monotonic()) > 0:
                 self._collect(timeout=remaining)
         except KeyboardInterrupt:
@@ -192,6 +200,8 @@ class _Run:
         for sent, result in finished:
             if self._budget is not None:
                 self._budget.settle(sent.reservation, result.cost_usd)
+            if result.status is TaskStatus.CANCELLED:
+                continue  # never sent (Ctrl-C emptied the queues): no record, so the next run sends it
             self._summary.add_result(result)
             self._write(result_record(sent.request, result))
 

@@ -10,7 +10,7 @@ from pydantic import SecretStr
 from ray.actor import ActorHandle
 from ray.exceptions import RayActorError
 
-from actors.adapter import OpenAIAdapter
+from actors.adapter import MAX_CONCURRENCY, OpenAIAdapter
 from actors.connection import DEFAULT_BASE_URL
 from actors.coordinator import coordinator_for
 from actors.errors import ConfigError
@@ -40,12 +40,15 @@ def start_adapters(
     retry: RetryPolicy | None = None,
     limit: LimitSpec | None = None,
     prices: PriceTable | None = None,
+    max_in_flight: int | None = None,
 ) -> list[ActorHandle]:
     """K adapter actors SPREAD over the nodes, once every one has started. The key travels
     as a SecretStr, never in options or names that Ray lists; without one, each adapter
-    reads its node's environment."""
+    reads its node's environment. ``max_in_flight`` is shared out so that together the
+    adapters never have more requests open (each gets at least one)."""
     key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
     secret = SecretStr(key) if key else None
+    shares = _shares(max_in_flight, count) if max_in_flight is not None else [MAX_CONCURRENCY] * count
     adapters = [
         OpenAIAdapter.options(scheduling_strategy="SPREAD").remote(
             base_url=base_url,
@@ -55,8 +58,9 @@ def start_adapters(
             retry=retry,
             limit=limit,
             prices=prices,
+            max_in_flight=share,
         )
-        for index in range(count)
+        for index, share in enumerate(shares)
     ]
     try:
         _check_started(adapters)
@@ -65,6 +69,11 @@ def start_adapters(
             ray.kill(adapter)
         raise
     return adapters
+
+
+def _shares(total: int, count: int) -> list[int]:
+    """``total`` split as evenly as whole numbers allow, each between 1 and an adapter's maximum."""
+    return [min(MAX_CONCURRENCY, max(1, total // count + (index < total % count))) for index in range(count)]
 
 
 def _check_started(adapters: list[ActorHandle]) -> None:

@@ -1,11 +1,16 @@
 """Spread tasks over adapter actors with a bounded window of requests in flight.
 
-Only ``max_in_flight`` requests are ever held; ``ray.wait`` hands back whichever finish
-first, so results stream out in completion order and memory stays flat however long the
-input is. Tasks travel in small batches (one actor call, one ObjectRef for several
+At most ``max_in_flight`` requests are open at once; ``ray.wait`` hands back whichever
+finish first, so results stream out in completion order and memory stays flat however
+long the input is. Tasks travel in small batches (one actor call, one ObjectRef for several
 requests) because an actor call costs more CPU than the HTTP request it carries; a batch
 is sent when full or as soon as the dispatcher waits, so nothing sits in a buffer while
 the window has room. An adapter that dies turns its requests into error results.
+
+When the adapters themselves cap their requests (``start_adapters(max_in_flight=...)``)
+at no more than the window, the dispatcher hands them two batches each beyond it: those
+wait in the adapters' queues, so a finished request's slot is refilled at once rather
+than after its result has travelled to the driver and a new task back (bench/README.md).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import ray
 from ray.actor import ActorHandle
 from ray.exceptions import RayActorError, RayTaskError
 
+from actors.adapter import MAX_CONCURRENCY
 from actors.models import TaskError, TaskResult, TaskStatus, parse_task
 
 Item = TypeVar("Item")
@@ -27,6 +33,11 @@ def batch_size_for(max_in_flight: int, adapters: int) -> int:
     """Batches small enough that every adapter holds several at once, so one slow request
     holds back at most a quarter of an adapter's share of the window."""
     return max(1, min(MAX_BATCH, max_in_flight // (4 * adapters)))
+
+
+def queue_ahead_for(batch_size: int, adapters: int) -> int:
+    """Two batches per adapter: one to refill its slots while the next is on its way."""
+    return 2 * batch_size * adapters
 
 
 class Dispatcher(Generic[Item]):
@@ -40,16 +51,18 @@ class Dispatcher(Generic[Item]):
         self._buffer: list[tuple[Item, Any]] = []
         self._pending: dict[ray.ObjectRef, tuple[list[tuple[Item, Any]], int]] = {}
         self._in_flight = 0
-        self.max_in_flight = max_in_flight
         self.batch_size = batch_size or batch_size_for(max_in_flight, len(adapters))
+        capped = sum(adapter_limits(self._adapters)) <= max_in_flight
+        self.max_held = max_in_flight + (queue_ahead_for(self.batch_size, len(adapters)) if capped else 0)
 
     @property
     def in_flight(self) -> int:
+        """Tasks handed to adapters whose results have not come back: running or queued."""
         return self._in_flight
 
     @property
     def has_room(self) -> bool:
-        return self._in_flight < self.max_in_flight
+        return self._in_flight < self.max_held
 
     def send(self, item: Item, task: Any) -> None:
         self._buffer.append((item, task))
@@ -72,6 +85,12 @@ class Dispatcher(Generic[Item]):
             finished.extend(self._finish(ref, value))
         return finished
 
+    def cancel_waiting(self) -> None:
+        """Cancel the tasks still queued in the adapters, never sent; their results come back
+        CANCELLED with the batches they belong to."""
+        self._flush()
+        get_each([adapter.cancel_waiting.remote() for adapter in self._adapters])
+
     def _flush(self) -> None:
         if not self._buffer:
             return
@@ -87,6 +106,13 @@ class Dispatcher(Generic[Item]):
         if isinstance(value, BaseException):
             return [(item, _lost_result(task, value)) for item, task in batch]
         return [(item, result) for (item, _), result in zip(batch, value)]
+
+
+def adapter_limits(adapters: Sequence[ActorHandle]) -> list[int]:
+    """Each adapter's own cap on open requests; a dead one counts as uncapped (its tasks
+    come back as adapter_died results anyway)."""
+    infos = get_each([adapter.status.remote() for adapter in adapters])
+    return [MAX_CONCURRENCY if isinstance(info, BaseException) else info.max_in_flight for info in infos]
 
 
 def get_each(refs: list[ray.ObjectRef]) -> list[Any]:
@@ -117,9 +143,9 @@ def _lost_result(task: Any, error: BaseException) -> TaskResult:
 def fan_out(
     tasks: Iterable[Any], adapters: Sequence[ActorHandle], *, max_in_flight: int = 512
 ) -> Iterator[tuple[Any, TaskResult]]:
-    """Yield ``(task, result)`` for every task, in completion order, never holding more than
-    ``max_in_flight`` requests. Tasks are models or dicts; invalid ones raise InvalidTask
-    before anything of theirs is sent."""
+    """Yield ``(task, result)`` for every task, in completion order, never with more than
+    ``max_in_flight`` requests open. Tasks are models or dicts; invalid ones raise
+    InvalidTask before anything of theirs is sent."""
     dispatcher: Dispatcher[Any] = Dispatcher(adapters, max_in_flight=max_in_flight)
     for task in tasks:
         dispatcher.send(task, parse_task(task))

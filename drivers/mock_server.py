@@ -619,6 +619,8 @@ class MockServer:
         self._seen: dict[str, int] = {}
         self._limiter = _RateLimiter()
         self._ids = itertools.count(1)
+        self._answering = 0
+        self._peak_answering = 0
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -702,8 +704,15 @@ class MockServer:
         with self._lock:
             return [entry.snapshot() for entry in self._log]
 
+    @property
+    def peak_in_flight(self) -> int:
+        """The most requests (chat, responses, embeddings) being answered at once since the last reset."""
+        with self._lock:
+            return self._peak_answering
+
     def reset(self) -> None:
         with self._lock:
+            self._peak_answering = self._answering
             self._log.clear()
             self._seen.clear()
             self._limiter.clear()
@@ -727,11 +736,14 @@ class MockServer:
         """Log on arrival, answer, then log the outcome; a cancellation means the client left."""
         raw = await request.read()
         entry = self._record(request, _load_json(raw))
+        self._count_answering(+1)
         try:
             response = await self._answer(request, raw, entry, parse, render)
         except asyncio.CancelledError:
             self._finish(entry, "disconnected")
             raise
+        finally:
+            self._count_answering(-1)
         self._finish(entry, "ok" if response.status == 200 else f"error:{response.status}")
         return response
 
@@ -794,6 +806,11 @@ class MockServer:
         with self._lock:
             self._log.append(entry)
         return entry
+
+    def _count_answering(self, change: int) -> None:
+        with self._lock:
+            self._answering += change
+            self._peak_answering = max(self._peak_answering, self._answering)
 
     def _finish(self, entry: _Entry, outcome: str) -> None:
         """Set the outcome once: the first final outcome (e.g. "dropped") wins."""

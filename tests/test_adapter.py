@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from actors import Adapter, ChatTask, InvalidTask, ResultTimeout, RetryPolicy, TaskNotFound, TaskStatus, Usage
+from actors import Adapter, ChatTask, ConfigError, InvalidTask, ResultTimeout, RetryPolicy, TaskNotFound, TaskStatus, Usage
 from actors.pricing import PriceTable
 from drivers.mock_server import MockServer
 from tests.conftest import TEST_KEY, run
@@ -133,6 +133,67 @@ def test_cancel_reaches_the_socket(server: MockServer) -> None:
 
     run(body())
     wait_for_outcome(server, "disconnected")
+
+
+def test_tasks_beyond_max_in_flight_wait_their_turn(server: MockServer) -> None:
+    async def body() -> None:
+        adapter = make_adapter(server, max_in_flight=2)
+        ids = [await adapter.submit_task(chat(f"q{i}", f"queued {i} [[mock latency=1]]")) for i in range(5)]
+        deadline = time.monotonic() + 5
+        while len(server.requests()) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        statuses = [await adapter.get_status(task_id) for task_id in ids]
+        info = await adapter.status()
+        assert statuses == [TaskStatus.RUNNING] * 2 + [TaskStatus.PENDING] * 3, "first come, first served"
+        assert (info.in_flight, info.running, info.max_in_flight) == (5, 2, 2)
+        results = [await adapter.get_result(task_id) for task_id in ids]
+        await adapter.close()
+        assert all(result.ok for result in results)
+        assert max(result.latency_s for result in results) < 1.9, "latency counts from the send, not the wait"
+
+    run(body())
+    assert len(server.requests()) == 5 and server.peak_in_flight == 2
+
+
+def test_cancelling_waiting_tasks_never_sends_them(server: MockServer) -> None:
+    async def body() -> None:
+        adapter = make_adapter(server, max_in_flight=1)
+        running = await adapter.submit_task(chat("r", "slow [[mock latency=1]]"))
+        waiting = [await adapter.submit_task(chat(f"w{i}", f"waiting {i}")) for i in range(3)]
+        deadline = time.monotonic() + 5
+        while not server.requests() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert await adapter.cancel_waiting() == 3
+        cancelled = [await adapter.get_result(task_id) for task_id in waiting]
+        finished = await adapter.get_result(running)
+        stats = await adapter.stats()
+        await adapter.close()
+        assert finished.ok, "the running request goes on"
+        for result in cancelled:
+            assert result.status is TaskStatus.CANCELLED and result.attempts == 0
+            assert result.error and result.error.code == "cancelled" and "before it was sent" in result.error.message
+        assert (stats.cancelled, stats.requests) == (3, 1)
+
+    run(body())
+    assert [entry.body and entry.body["messages"][0]["content"] for entry in server.requests()] == ["slow [[mock latency=1]]"]
+
+
+def test_a_task_cancelled_before_it_ever_ran_still_has_a_result(server: MockServer) -> None:
+    async def body() -> None:
+        adapter = make_adapter(server)
+        task_id = await adapter.submit_task(chat("c", "never runs"))  # no await in between: it has not started
+        assert await adapter.cancel_task(task_id) is True
+        result = await adapter.get_result(task_id)
+        await adapter.close()
+        assert result.status is TaskStatus.CANCELLED and result.error and "before it was sent" in result.error.message
+
+    run(body())
+    assert server.requests() == []
+
+
+def test_max_in_flight_must_be_positive(server: MockServer) -> None:
+    with pytest.raises(ConfigError, match="max_in_flight"):
+        make_adapter(server, max_in_flight=0)
 
 
 def test_cancel_of_a_finished_task_returns_false(server: MockServer) -> None:

@@ -9,6 +9,7 @@ import ray
 from pydantic import SecretStr
 
 from actors import ChatTask, InvalidTask, OpenAIAdapter, TaskStatus
+from drivers.cluster import start_adapters
 from drivers.fanout import Dispatcher, batch_size_for, fan_out
 from drivers.mock_server import MockServer
 
@@ -38,6 +39,33 @@ def test_every_task_comes_back_once_and_the_window_is_never_exceeded(server: Moc
         seen += [item for item, result in dispatcher.collect() if result.ok]
     assert sorted(seen) == sorted(task.custom_id for task in tasks)
     assert len(server.requests()) == 103
+    for handle in handles:
+        ray.kill(handle)
+
+
+def test_capped_adapters_get_tasks_queued_ahead_yet_the_endpoint_never_sees_more_than_the_window(server: MockServer) -> None:
+    server.configure(latency_s=0.3)
+    handles = start_adapters(2, base_url=server.base_url, api_key="sk-x", model="gpt-4o-mini", max_in_flight=7)
+    assert [info.max_in_flight for info in ray.get([h.status.remote() for h in handles])] == [4, 3]
+    dispatcher: Dispatcher[str] = Dispatcher(handles, max_in_flight=7, batch_size=1)
+    assert dispatcher.max_held == 7 + 2 * 1 * 2, "two batches per adapter wait in its queue"
+    held, seen = 0, []
+    for i in range(40):
+        dispatcher.send(f"t{i}", chat(f"t{i}", f"prompt {i}"))
+        held = max(held, dispatcher.in_flight)
+        while not dispatcher.has_room:
+            seen += [item for item, result in dispatcher.collect() if result.ok]
+    while dispatcher.in_flight:
+        seen += [item for item, result in dispatcher.collect() if result.ok]
+    assert sorted(seen) == sorted(f"t{i}" for i in range(40))
+    assert held == 11 and server.peak_in_flight == 7
+    for handle in handles:
+        ray.kill(handle)
+
+
+def test_uncapped_adapters_get_no_more_than_the_window(server: MockServer) -> None:
+    handles = adapters(server, 2)  # each may open 4,096 requests: the window is the only limit
+    assert Dispatcher(handles, max_in_flight=10).max_held == 10
     for handle in handles:
         ray.kill(handle)
 
