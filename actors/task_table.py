@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -48,7 +49,9 @@ class TaskTable:
         self._never_started = never_started
         self._ttl_s = ttl_s
         self._records: dict[str, TaskRecord] = {}
-        self._uncollected: dict[str, float] = {}  # finished, not yet collected: id -> eviction time
+        # finished, not yet collected: id -> eviction time, in finish order. An OrderedDict,
+        # because a plain dict drained from the front scans its deleted slots on every look.
+        self._uncollected: OrderedDict[str, float] = OrderedDict()
         self._ids = itertools.count()
 
     def start(self, task: AnyTask) -> tuple[str, TaskRecord]:

@@ -34,7 +34,7 @@ def _counter() -> Callable[[str], int]:
         encoding = tiktoken.get_encoding(OFFLINE_ENCODING)
     except (ImportError, ValueError):
         return estimate_tokens
-    return lambda text: len(encoding.encode(text, disallowed_special=()))
+    return lambda text: len(encoding.encode_ordinary(text))  # special tokens' text counted as text
 
 
 def estimate_tokens(text: str) -> int:
