@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", default=None, help=f"model for lines that name none (default {DEFAULT_MODEL})")
     run.add_argument("--max-tokens", type=_positive(int), default=None, help="max_tokens for prompt-shorthand lines")
     run.add_argument("--adapters", type=_positive(int), default=2, help="adapter actors to spread the requests over")
-    run.add_argument("--max-in-flight", type=_positive(int), default=256, help="requests outstanding at once")
+    run.add_argument("--max-in-flight", type=_positive(int), default=256, help="requests open at the endpoint at once, shared by the adapters")
     run.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
     run.add_argument("--retry-failed", action="store_true", help="on resume, send failed requests again")
     run.add_argument(

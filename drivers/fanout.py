@@ -86,9 +86,11 @@ class Dispatcher(Generic[Item]):
         return finished
 
     def cancel_waiting(self) -> None:
-        """Cancel the tasks still queued in the adapters, never sent; their results come back
-        CANCELLED with the batches they belong to."""
-        self._flush()
+        """Send nothing more: tasks still buffered here are dropped (no result will come for
+        them), and those queued in the adapters are cancelled unsent; their results come
+        back CANCELLED with the batches they belong to."""
+        self._in_flight -= len(self._buffer)
+        self._buffer = []
         get_each([adapter.cancel_waiting.remote() for adapter in self._adapters])
 
     def _flush(self) -> None:

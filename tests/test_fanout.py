@@ -63,6 +63,25 @@ def test_capped_adapters_get_tasks_queued_ahead_yet_the_endpoint_never_sees_more
         ray.kill(handle)
 
 
+def test_cancel_waiting_sends_nothing_more(server: MockServer) -> None:
+    server.configure(latency_s=1.0)
+    handles = start_adapters(1, base_url=server.base_url, api_key="sk-x", model="gpt-4o-mini", max_in_flight=2)
+    dispatcher: Dispatcher[str] = Dispatcher(handles, max_in_flight=2, batch_size=2)
+    for i in range(5):  # two batches reach the adapter (two run, two wait); the fifth stays buffered here
+        dispatcher.send(f"t{i}", chat(f"t{i}", f"prompt {i}"))
+    deadline = time.monotonic() + 20
+    while len(server.requests()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    dispatcher.cancel_waiting()
+    results = []
+    while dispatcher.in_flight:
+        results += dispatcher.collect(timeout=30)
+    outcomes = sorted((item, result.status) for item, result in results)
+    assert outcomes == [("t0", TaskStatus.COMPLETED), ("t1", TaskStatus.COMPLETED), ("t2", TaskStatus.CANCELLED), ("t3", TaskStatus.CANCELLED)]
+    assert len(server.requests()) == 2
+    ray.kill(handles[0])
+
+
 def test_uncapped_adapters_get_no_more_than_the_window(server: MockServer) -> None:
     handles = adapters(server, 2)  # each may open 4,096 requests: the window is the only limit
     assert Dispatcher(handles, max_in_flight=10).max_held == 10
