@@ -190,7 +190,7 @@ class OpenAIAdapter(Adapter):
 def _tune_gc() -> None:
     """With ~1,000 requests open, Python's default collector (a young-generation pass every
     700 allocations, and full passes over everything Ray, openai and pydantic imported)
-    took a third of an adapter's CPU (bench/README.md). Freezing what exists at start-up
+    took a fifth of an adapter's CPU in Ray, a third in one plain process (bench/README.md). Freezing what exists at start-up
     keeps it out of every pass; a larger young generation makes passes rarer. Cycles are
     still collected, only less often."""
     gc.freeze()

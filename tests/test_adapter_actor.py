@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 
@@ -11,6 +12,7 @@ from pydantic import SecretStr
 from ray.util.state import list_actors, list_tasks
 
 from actors import ChatTask, OpenAIAdapter, ResultTimeout, RetryPolicy, TaskNotFound, TaskResult, TaskStatus
+from actors.adapter import GC_YOUNG_THRESHOLD
 from drivers.mock_server import MockServer
 from tests.conftest import ray_list_actors_cli
 
@@ -48,6 +50,16 @@ def test_stream_result_is_a_ray_streaming_generator(server: MockServer) -> None:
     *deltas, final = items
     assert len(deltas) > 1 and "".join(deltas) == final.text
     assert final.usage.completion_tokens > 0 and final.cost_usd is not None
+    ray.kill(adapter)
+
+
+def test_the_actor_tunes_its_own_process_garbage_collector_and_no_other(server: MockServer) -> None:
+    before = gc.get_threshold()
+    adapter = OpenAIAdapter.remote(base_url=server.base_url, api_key=SecretStr("sk-x"))
+    gc_state = lambda _: (gc.get_threshold()[0], gc.get_freeze_count())  # noqa: E731  (a lambda travels by value)
+    young, frozen = ray.get(adapter.__ray_call__.remote(gc_state))
+    assert young == GC_YOUNG_THRESHOLD and frozen > 0
+    assert gc.get_threshold() == before, "the driver's process is left alone"
     ray.kill(adapter)
 
 
