@@ -150,7 +150,7 @@ class Adapter:
             model=self.model,
             endpoint=self.endpoint,
             in_flight=self._table.in_flight,
-            running=self._executor.running,
+            running=self._table.running,
             max_in_flight=self._executor.max_in_flight,
             capabilities=sorted(SENDERS) + ["cancel", "stream"],
         )

@@ -63,7 +63,6 @@ class TaskExecutor:
         self._prices = prices
         self._slots = asyncio.Semaphore(max_in_flight)
         self.max_in_flight = max_in_flight
-        self.running = 0
         self.stats = AdapterStats()
 
     async def execute(self, record: TaskRecord) -> None:
@@ -74,11 +73,7 @@ class TaskExecutor:
             async with self._slots:
                 started = time.monotonic()
                 record.status = TaskStatus.RUNNING
-                self.running += 1
-                try:
-                    reply = await self._send(record)
-                finally:
-                    self.running -= 1
+                reply = await self._send(record)
         except asyncio.CancelledError:
             if started is None:
                 self.never_started(record)

@@ -81,21 +81,19 @@ class TaskTable:
     def in_flight(self) -> int:
         return len(self._records) - len(self._uncollected)
 
+    @property
+    def running(self) -> int:
+        """Tasks sending now (not waiting for a slot); counted on demand, for status()."""
+        return sum(record.status is TaskStatus.RUNNING for record in self._records.values())
+
     async def cancel_all(self) -> None:
-        await self._cancel([record for record in self._records.values() if record.runner and not record.runner.done()])
+        await _cancel([record.runner for record in self._records.values() if record.runner and not record.runner.done()])
 
     async def cancel_pending(self) -> int:
         """Cancel the tasks not yet started (waiting for a slot); how many there were."""
-        pending = [record for record in self._records.values() if record.status is TaskStatus.PENDING and record.runner]
-        await self._cancel(pending)
+        pending = [record.runner for record in self._records.values() if record.status is TaskStatus.PENDING and record.runner]
+        await _cancel(pending)
         return len(pending)
-
-    @staticmethod
-    async def _cancel(records: list[TaskRecord]) -> None:
-        runners = [record.runner for record in records if record.runner is not None]
-        for runner in runners:
-            runner.cancel()
-        await asyncio.gather(*runners, return_exceptions=True)
 
     def _finished(self, task_id: str, record: TaskRecord) -> None:
         if record.result is None:
@@ -112,3 +110,9 @@ class TaskTable:
                 return
             del self._uncollected[task_id]
             self._records.pop(task_id, None)
+
+
+async def _cancel(runners: list[asyncio.Task[None]]) -> None:
+    for runner in runners:
+        runner.cancel()
+    await asyncio.gather(*runners, return_exceptions=True)
