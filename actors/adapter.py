@@ -10,7 +10,6 @@ pay for that.
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -28,14 +27,12 @@ from actors.executor import AdapterStats, TaskExecutor
 from actors.limiter import LimitSpec, NoLimit
 from actors.models import DEFAULT_MODEL, AnyTask, TaskResult, TaskStatus, parse_task
 from actors.pricing import PriceTable
+from actors.process_gc import tune_for_many_open_requests
 from actors.retry import RetryPolicy
 from actors.task_table import TaskTable
 
 TaskInput = Any  # a task model or a dict that validates as one (see actors.models.parse_task)
 MAX_CONCURRENCY = 4096  # calls one actor serves at once: in-flight run()/get_result() waits
-GC_YOUNG_THRESHOLD = 10_000  # allocations between young-generation collections (Python's default: 700)
-
-
 class AdapterInfo(BaseModel):
     name: str
     model: str
@@ -183,15 +180,5 @@ class OpenAIAdapter(Adapter):
     to itself, so it tunes that process's garbage collector for many short-lived requests."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        _tune_gc()
+        tune_for_many_open_requests()
         super().__init__(*args, **kwargs)
-
-
-def _tune_gc() -> None:
-    """With ~1,000 requests open, Python's default collector (a young-generation pass every
-    700 allocations, and full passes over everything Ray, openai and pydantic imported)
-    took a fifth of an adapter's CPU in Ray, a third in one plain process (bench/README.md). Freezing what exists at start-up
-    keeps it out of every pass; a larger young generation makes passes rarer. Cycles are
-    still collected, only less often."""
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])

@@ -9,6 +9,9 @@ fake server, which runs in a third process. Prints requests/s, wall time, CPU ms
 request, and the rayfan / baseline ratios. The side "coordinated" is rayfan as
 ``rayfan run`` uses it: the adapters share a rate-limit coordinator (here with no limit
 given or learned, so it only counts), which costs token counting and lease bookkeeping.
+The side "http_pool" is the adapters' HTTP client alone in one process (no Ray, no tasks,
+no retries): the best this box and this fake server allow, against which rayfan's own
+cost shows.
 """
 
 from __future__ import annotations
@@ -23,13 +26,16 @@ import sys
 import time
 from pathlib import Path
 
+import uvloop
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.http_client import run_pool  # noqa: E402
 from bench.proc_cpu import cpu_used, tree_cpu_seconds  # noqa: E402
 
 SCENES = {"a": {"requests": 5_000, "latency": 0.0, "in_flight": 512}, "b": {"requests": 20_000, "latency": 2.0, "in_flight": 2_000}}
 KEY = "sk-bench-not-a-key"
-SIDES = ("baseline", "rayfan", "coordinated")
+SIDES = ("baseline", "rayfan", "coordinated", "http_pool")
 
 
 def _messages(i: int) -> list[dict[str, str]]:
@@ -76,10 +82,13 @@ def _rayfan(base_url: str, count: int, in_flight: int, adapters: int, coordinate
 
 
 def _worker(args: argparse.Namespace) -> None:
-    if args.side == "baseline":
+    if args.side in ("baseline", "http_pool"):
         before = tree_cpu_seconds(os.getpid())
         started = time.perf_counter()
-        ok = asyncio.run(_baseline(args.url, args.count, args.in_flight))
+        if args.side == "baseline":
+            ok = asyncio.run(_baseline(args.url, args.count, args.in_flight))
+        else:
+            ok = uvloop.run(run_pool(args.url, args.count, args.in_flight))
         wall = time.perf_counter() - started
         cpu = cpu_used(before, tree_cpu_seconds(os.getpid()))
     else:
@@ -137,6 +146,8 @@ def _report(name: str, scene: dict[str, float], runs: dict[str, list[dict[str, f
         ideal = scene["requests"] / scene["in_flight"] * scene["latency"]
         for side in SIDES[1:]:
             print(f"{side} wall / ideal {ideal:.0f} s: {median[side]['wall_s'] / ideal:.2f}")
+        for side in ("rayfan", "coordinated"):
+            print(f"{side} wall / http_pool wall (rayfan's own cost): {median[side]['wall_s'] / median['http_pool']['wall_s']:.2f}")
 
 
 if __name__ == "__main__":

@@ -50,6 +50,8 @@ from typing import Any, NoReturn
 import pydantic
 from aiohttp import web
 
+from actors.process_gc import tune_for_many_open_requests
+
 try:
     from uvloop import new_event_loop
 except ImportError:  # uvloop is not built for Windows
@@ -844,6 +846,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tpm", type=int, default=None, help="tokens-per-minute limit per API key")
     args = parser.parse_args(argv)
     config = MockConfig(latency_s=args.latency, rpm_limit=args.rpm, tpm_limit=args.tpm)
+    tune_for_many_open_requests()  # its own process: thousands of open requests in benchmarks
     loop = new_event_loop()
     try:
         loop.run_until_complete(_serve_until_signalled(MockServer(config, port=args.port)))

@@ -12,7 +12,7 @@ from pydantic import SecretStr
 from ray.util.state import list_actors, list_tasks
 
 from actors import ChatTask, OpenAIAdapter, ResultTimeout, RetryPolicy, TaskNotFound, TaskResult, TaskStatus
-from actors.adapter import GC_YOUNG_THRESHOLD
+from actors.process_gc import GC_YOUNG_THRESHOLD
 from drivers.mock_server import MockServer
 from tests.conftest import ray_list_actors_cli
 
