@@ -77,6 +77,7 @@ class Adapter:
             self._connection, self._limiter, retry or RetryPolicy(), prices or PriceTable.default(), max_in_flight=max_in_flight
         )
         self._table = TaskTable(self.name, self._executor.execute, self._executor.never_started, ttl_s=result_ttl_s)
+        self._batch_positions: dict[str, tuple[int, int]] = {}  # task id -> (batch tag, position)
 
     def __repr__(self) -> str:
         return f"Adapter(name={self.name!r}, model={self.model!r}, endpoint={self.endpoint!r})"
@@ -124,18 +125,33 @@ class Adapter:
     async def cancel_waiting(self) -> int:
         """Cancel every task still waiting for a slot (never sent), e.g. when a driver stops
         sending; running ones go on. Returns how many were cancelled."""
-        return await self._table.cancel_pending()
+        return len(await self._table.cancel_pending())
+
+    async def hand_back_waiting(self) -> list[tuple[int, int]]:
+        """Cancel the tasks of tagged batches still waiting for a slot (never sent); each as
+        (batch tag, position), so a dispatcher can send them to an adapter with free slots
+        at once rather than when the rest of their batch comes back."""
+        tags = dict(self._batch_positions)  # run_batch forgets them as soon as its batch is done
+        return [tags[task_id] for task_id in await self._table.cancel_pending(among=tags)]
 
     async def run(self, task: TaskInput) -> TaskResult:
         """Submit and wait in one call, so a driver can hold one ObjectRef per request."""
         return await self.get_result(await self.submit_task(task))
 
-    async def run_batch(self, tasks: list[TaskInput]) -> list[TaskResult]:
+    async def run_batch(self, tasks: list[TaskInput], tag: int | None = None) -> list[TaskResult]:
         """Run several tasks concurrently and return their results in order: one actor call
-        (and one ObjectRef) for many requests, since a call costs far more CPU than a request."""
+        (and one ObjectRef) for many requests, since a call costs far more CPU than a request.
+        A ``tag`` lets ``hand_back_waiting`` name the batch's tasks."""
         prepared = [self._prepare(task) for task in tasks]  # all valid, or none is sent
         started = [self._table.start(task) for task in prepared]
-        await asyncio.wait([record.runner for _, record in started if record.runner])
+        if tag is not None:
+            self._batch_positions.update({task_id: (tag, position) for position, (task_id, _) in enumerate(started)})
+        try:
+            await asyncio.wait([record.runner for _, record in started if record.runner])
+        finally:
+            if tag is not None:
+                for task_id, _ in started:
+                    self._batch_positions.pop(task_id, None)
         return [self._table.collect(task_id) for task_id, _ in started]
 
     async def stats(self) -> AdapterStats:

@@ -6,8 +6,9 @@ aiohttp costs 0.35 ms of CPU per request and its 2,000 fresh connections have al
 their request only after 1.1 s; this pool costs 0.08 ms and 0.5 s (bench/README.md). It
 does only what the adapter needs: POST a body; read the status, headers and body
 (Content-Length, chunked, or up to the close; gzip or deflate); keep the connection for
-the next request; time out. No proxies, cookies or redirects: the SDK client, which the
-adapter keeps for streams, has those. Errors are the built-in ``TimeoutError`` (the
+the next request; time out. No proxies, cookies or redirects (the SDK client, which the
+adapter keeps for streams, has those); a proxy set in the environment for the endpoint is
+reported with a warning, since requests here connect directly. Errors are the built-in ``TimeoutError`` (the
 deadline passed) and ``ConnectionError`` (refused, dropped, or not HTTP); the caller
 turns them into the SDK's exceptions.
 """
@@ -15,9 +16,11 @@ turns them into the SDK's exceptions.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
 import urllib.parse
+import urllib.request
 import zlib
 from collections.abc import Mapping
 from typing import NamedTuple, cast
@@ -25,6 +28,8 @@ from typing import NamedTuple, cast
 import httptools
 
 from actors.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 KEEPALIVE_S = 15.0
 """An idle connection older than this is closed rather than reused (aiohttp's default too):
@@ -48,6 +53,9 @@ class HttpPool:
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ConfigError(f"not an http(s) URL: {url.scheme}://{url.hostname}")
         self._host = url.hostname
+        if urllib.request.getproxies().get(url.scheme) and not urllib.request.proxy_bypass(self._host):
+            # the proxy's URL may hold a password: name the variable, never its value
+            logger.warning("%s_proxy is set, but rayfan's JSON requests to %s connect directly", url.scheme, self._host)
         self._port = url.port or (443 if url.scheme == "https" else 80)
         self._ssl = ssl.create_default_context() if url.scheme == "https" else None
         self._prefix = url.path.rstrip("/").encode()

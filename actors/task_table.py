@@ -12,7 +12,7 @@ import asyncio
 import itertools
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
 from actors.errors import TaskNotFound
@@ -89,11 +89,15 @@ class TaskTable:
     async def cancel_all(self) -> None:
         await _cancel([record.runner for record in self._records.values() if record.runner and not record.runner.done()])
 
-    async def cancel_pending(self) -> int:
-        """Cancel the tasks not yet started (waiting for a slot); how many there were."""
-        pending = [record.runner for record in self._records.values() if record.status is TaskStatus.PENDING and record.runner]
-        await _cancel(pending)
-        return len(pending)
+    async def cancel_pending(self, among: Collection[str] | None = None) -> list[str]:
+        """Cancel the tasks not yet started (waiting for a slot), of ``among`` if given; their ids."""
+        pending = {
+            task_id: record.runner
+            for task_id, record in self._records.items()
+            if record.status is TaskStatus.PENDING and record.runner and (among is None or task_id in among)
+        }
+        await _cancel(list(pending.values()))
+        return list(pending)
 
     def _finished(self, task_id: str, record: TaskRecord) -> None:
         if record.result is None:

@@ -145,6 +145,7 @@ class _Run:
                 self._write(problem_record(item))
             else:
                 self._send(item)
+        self._dispatcher.input_done()
         while self._dispatcher.in_flight:
             self._collect()
 

@@ -11,11 +11,17 @@ When the adapters themselves cap their requests (``start_adapters(max_in_flight=
 at no more than the window, the dispatcher hands them two batches each beyond it: those
 wait in the adapters' queues, so a finished request's slot is refilled at once rather
 than after its result has travelled to the driver and a new task back (bench/README.md).
+Once the input has run out (``input_done``), tasks still queued in a full adapter while
+another has free slots would wait up to a whole request for nothing: the dispatcher has
+the full one hand them back unsent (``Adapter.hand_back_waiting``) and sends them to the
+free one at once; their places in the original batch are skipped when it comes back.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import ray
@@ -40,6 +46,14 @@ def queue_ahead_for(batch_size: int, adapters: int) -> int:
     return 2 * batch_size * adapters
 
 
+@dataclass
+class _Batch(Generic[Item]):
+    tag: int
+    adapter: int
+    entries: list[tuple[Item, Any]]
+    moved: set[int] = field(default_factory=set)  # positions handed back and sent elsewhere
+
+
 class Dispatcher(Generic[Item]):
     """Sends tasks to the least-busy adapter in batches and collects results as they complete."""
 
@@ -49,10 +63,16 @@ class Dispatcher(Generic[Item]):
         self._adapters = list(adapters)
         self._busy = [0] * len(adapters)
         self._buffer: list[tuple[Item, Any]] = []
-        self._pending: dict[ray.ObjectRef, tuple[list[tuple[Item, Any]], int]] = {}
+        self._pending: dict[ray.ObjectRef, _Batch[Item]] = {}
+        self._by_tag: dict[int, _Batch[Item]] = {}
+        self._tags = itertools.count()
         self._in_flight = 0
+        self._input_done = False
+        self._stopping = False
+        self._handing_back: set[int] = set()  # adapters asked to hand back their queue, until a batch of theirs returns
         self.batch_size = batch_size or batch_size_for(max_in_flight, len(adapters))
-        capped = sum(adapter_limits(self._adapters)) <= max_in_flight
+        self._caps = adapter_limits(self._adapters)
+        capped = sum(self._caps) <= max_in_flight
         self.max_held = max_in_flight + (queue_ahead_for(self.batch_size, len(adapters)) if capped else 0)
 
     @property
@@ -70,8 +90,14 @@ class Dispatcher(Generic[Item]):
         if len(self._buffer) >= self.batch_size:
             self._flush()
 
+    def input_done(self) -> None:
+        """No more tasks will be sent: from now on, queued tasks move to adapters with free slots."""
+        self._input_done = True
+
     def collect(self, timeout: float | None = None) -> list[tuple[Item, TaskResult]]:
         """Wait up to ``timeout`` for at least one batch, then take every one that is ready."""
+        if self._input_done and not self._stopping:
+            self._move_queued_to_free_adapters()
         self._flush()
         refs = list(self._pending)
         if not refs:
@@ -89,25 +115,46 @@ class Dispatcher(Generic[Item]):
         """Send nothing more: tasks still buffered here are dropped (no result will come for
         them), and those queued in the adapters are cancelled unsent; their results come
         back CANCELLED with the batches they belong to."""
+        self._stopping = True
         self._in_flight -= len(self._buffer)
         self._buffer = []
         get_each([adapter.cancel_waiting.remote() for adapter in self._adapters])
 
+    def _move_queued_to_free_adapters(self) -> None:
+        """An adapter holding more tasks than its cap has some queued; if another has free
+        slots (it holds fewer than its cap, so fewer run), the full one hands its queue back."""
+        if not any(busy < cap for busy, cap in zip(self._busy, self._caps)):
+            return
+        full = [i for i, (busy, cap) in enumerate(zip(self._busy, self._caps)) if busy > cap and i not in self._handing_back]
+        self._handing_back.update(full)
+        for reply in get_each([self._adapters[i].hand_back_waiting.remote() for i in full]):
+            if isinstance(reply, BaseException):
+                continue  # a dead adapter: its batches come back as errors
+            for tag, position in reply:
+                batch = self._by_tag[tag]
+                batch.moved.add(position)
+                self._buffer.append(batch.entries[position])  # still in flight: it goes out with the next flush
+
     def _flush(self) -> None:
         if not self._buffer:
             return
-        batch, self._buffer = self._buffer, []
+        entries, self._buffer = self._buffer, []
         index = min(range(len(self._busy)), key=self._busy.__getitem__)
-        self._busy[index] += len(batch)
-        self._pending[self._adapters[index].run_batch.remote([task for _, task in batch])] = (batch, index)
+        self._busy[index] += len(entries)
+        batch = _Batch(next(self._tags), index, entries)
+        self._by_tag[batch.tag] = batch
+        self._pending[self._adapters[index].run_batch.remote([task for _, task in entries], batch.tag)] = batch
 
     def _finish(self, ref: ray.ObjectRef, value: list[TaskResult] | BaseException) -> list[tuple[Item, TaskResult]]:
-        batch, index = self._pending.pop(ref)
-        self._busy[index] -= len(batch)
-        self._in_flight -= len(batch)
+        batch = self._pending.pop(ref)
+        del self._by_tag[batch.tag]
+        self._busy[batch.adapter] -= len(batch.entries)
+        self._handing_back.discard(batch.adapter)
         if isinstance(value, BaseException):
-            return [(item, _lost_result(task, value)) for item, task in batch]
-        return [(item, result) for (item, _), result in zip(batch, value)]
+            value = [_lost_result(task, value) for _, task in batch.entries]
+        finished = [(item, result) for position, ((item, _), result) in enumerate(zip(batch.entries, value)) if position not in batch.moved]
+        self._in_flight -= len(finished)
+        return finished
 
 
 def adapter_limits(adapters: Sequence[ActorHandle]) -> list[int]:
@@ -153,5 +200,6 @@ def fan_out(
         dispatcher.send(task, parse_task(task))
         while not dispatcher.has_room:
             yield from dispatcher.collect()
+    dispatcher.input_done()
     while dispatcher.in_flight:
         yield from dispatcher.collect()

@@ -178,6 +178,27 @@ def test_cancelling_waiting_tasks_never_sends_them(server: MockServer) -> None:
     assert [entry.body and entry.body["messages"][0]["content"] for entry in server.requests()] == ["slow [[mock latency=1]]"]
 
 
+def test_hand_back_names_the_waiting_tasks_of_tagged_batches_by_position(server: MockServer) -> None:
+    async def body() -> None:
+        adapter = make_adapter(server, max_in_flight=1)
+        batch = asyncio.ensure_future(adapter.run_batch([chat("b0", "slow [[mock latency=1]]"), chat("b1", "one"), chat("b2", "two")], tag=7))
+        untagged = await adapter.submit_task(chat("u", "not in a tagged batch"))
+        deadline = time.monotonic() + 5
+        while not server.requests() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert sorted(await adapter.hand_back_waiting()) == [(7, 1), (7, 2)]
+        assert await adapter.hand_back_waiting() == [], "handed back once"
+        results = await batch
+        left = await adapter.get_result(untagged)
+        await adapter.close()
+        assert [r.status for r in results] == [TaskStatus.COMPLETED, TaskStatus.CANCELLED, TaskStatus.CANCELLED]
+        assert [r.attempts for r in results] == [1, 0, 0] and left.ok, "the untagged task stays and runs"
+
+    run(body())
+    sent = [entry.body["messages"][0]["content"] for entry in server.requests() if entry.body]
+    assert sorted(sent) == ["not in a tagged batch", "slow [[mock latency=1]]"], "b1 and b2 were never sent"
+
+
 def test_a_task_cancelled_before_it_ever_ran_still_has_a_result(server: MockServer) -> None:
     async def body() -> None:
         adapter = make_adapter(server)

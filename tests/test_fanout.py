@@ -69,8 +69,8 @@ def test_cancel_waiting_sends_nothing_more(server: MockServer) -> None:
     dispatcher: Dispatcher[str] = Dispatcher(handles, max_in_flight=2, batch_size=2)
     for i in range(5):  # two batches reach the adapter (two run, two wait); the fifth stays buffered here
         dispatcher.send(f"t{i}", chat(f"t{i}", f"prompt {i}"))
-    deadline = time.monotonic() + 20
-    while len(server.requests()) < 2 and time.monotonic() < deadline:
+    deadline = time.monotonic() + 20  # both batches arrived (Ray may start them out of order), two requests sent
+    while (ray.get(handles[0].status.remote()).in_flight < 4 or len(server.requests()) < 2) and time.monotonic() < deadline:
         time.sleep(0.02)
     dispatcher.cancel_waiting()
     results = []
@@ -80,6 +80,42 @@ def test_cancel_waiting_sends_nothing_more(server: MockServer) -> None:
     assert outcomes == [("t0", TaskStatus.COMPLETED), ("t1", TaskStatus.COMPLETED), ("t2", TaskStatus.CANCELLED), ("t3", TaskStatus.CANCELLED)]
     assert len(server.requests()) == 2
     ray.kill(handles[0])
+
+
+def test_at_the_end_tasks_queued_behind_slow_requests_move_to_a_free_adapter(server: MockServer) -> None:
+    handles = start_adapters(2, base_url=server.base_url, api_key="sk-x", model="gpt-4o-mini", max_in_flight=4)
+    slow = "[[mock latency=4]]"
+    # one task per batch, least busy first: adapter 0 gets t0 t2 t4 t6, adapter 1 t1 t3 t5 t7.
+    # Adapter 0 runs the slow t0 and t2 (its cap is 2) and queues t4 and t6 behind them.
+    prompts = {f"t{i}": f"prompt {i} {slow if i in (0, 2) else ''}" for i in range(8)}
+    started = time.monotonic()
+    finished = {task.custom_id: time.monotonic() - started for task, result in fan_out((chat(c, p) for c, p in prompts.items()), handles, max_in_flight=4) if result.ok}
+    assert sorted(finished) == sorted(prompts)
+    assert max(finished["t4"], finished["t6"]) < min(finished["t0"], finished["t2"]), "moved to adapter 1, not left behind the slow ones"
+    sent = [entry.body["messages"][0]["content"].split()[1] for entry in server.requests() if entry.body]
+    assert sorted(sent) == sorted(str(i) for i in range(8)), "each sent exactly once: a task handed back had never been sent"
+    for handle in handles:
+        ray.kill(handle)
+
+
+def test_tasks_handed_back_after_a_stop_are_not_sent_again(server: MockServer) -> None:
+    server.configure(latency_s=1.0)
+    handles = start_adapters(2, base_url=server.base_url, api_key="sk-x", model="gpt-4o-mini", max_in_flight=2)
+    dispatcher: Dispatcher[str] = Dispatcher(handles, max_in_flight=2, batch_size=1)
+    for i in range(6):  # each adapter runs one and queues two
+        dispatcher.send(f"t{i}", chat(f"t{i}", f"prompt {i}"))
+    dispatcher.input_done()
+    deadline = time.monotonic() + 20  # Ray may start an async actor's calls out of order: wait until all arrived
+    while [info.in_flight for info in ray.get([h.status.remote() for h in handles])] != [3, 3] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    dispatcher.cancel_waiting()
+    results = []
+    while dispatcher.in_flight:
+        results += dispatcher.collect(timeout=30)
+    assert sorted(result.status.value for _, result in results) == ["CANCELLED"] * 4 + ["COMPLETED"] * 2
+    assert len(server.requests()) == 2
+    for handle in handles:
+        ray.kill(handle)
 
 
 def test_uncapped_adapters_get_no_more_than_the_window(server: MockServer) -> None:

@@ -341,3 +341,14 @@ def test_bad_urls_and_header_injection_are_config_errors(url: str, headers: dict
     with pytest.raises(ConfigError) as caught:
         HttpPool(url, headers, max_connections=1, connect_timeout_s=1.0)
     assert "Injected" not in str(caught.value)
+
+
+def test_a_proxy_from_the_environment_is_reported_not_used_and_not_shown(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://user:proxy-password@proxy.invalid:3128")
+    monkeypatch.setenv("NO_PROXY", "internal.example")
+    with caplog.at_level("WARNING", logger="actors.http_pool"):
+        HttpPool("https://api.example.com/v1", {}, max_connections=1, connect_timeout_s=1.0)
+        HttpPool("https://internal.example/v1", {}, max_connections=1, connect_timeout_s=1.0)
+    assert [record.getMessage() for record in caplog.records] == [
+        "https_proxy is set, but rayfan's JSON requests to api.example.com connect directly"
+    ]
