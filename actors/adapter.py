@@ -33,6 +33,8 @@ from actors.task_table import TaskTable
 
 TaskInput = Any  # a task model or a dict that validates as one (see actors.models.parse_task)
 MAX_CONCURRENCY = 4096  # calls one actor serves at once: in-flight run()/get_result() waits
+
+
 class AdapterInfo(BaseModel):
     name: str
     model: str

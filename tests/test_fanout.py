@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import pytest
 import ray
@@ -22,6 +23,13 @@ def chat(custom_id: str, prompt: str) -> ChatTask:
 
 def adapters(server: MockServer, count: int) -> list:
     return [OpenAIAdapter.remote(base_url=server.base_url, api_key=SecretStr("sk-x")) for _ in range(count)]
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)
 
 
 def test_every_task_comes_back_once_and_the_window_is_never_exceeded(server: MockServer) -> None:
@@ -69,9 +77,8 @@ def test_cancel_waiting_sends_nothing_more(server: MockServer) -> None:
     dispatcher: Dispatcher[str] = Dispatcher(handles, max_in_flight=2, batch_size=2)
     for i in range(5):  # two batches reach the adapter (two run, two wait); the fifth stays buffered here
         dispatcher.send(f"t{i}", chat(f"t{i}", f"prompt {i}"))
-    deadline = time.monotonic() + 20  # both batches arrived (Ray may start them out of order), two requests sent
-    while (ray.get(handles[0].status.remote()).in_flight < 4 or len(server.requests()) < 2) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    # both batches arrived (Ray may start an async actor's calls out of order), two requests sent
+    wait_until(lambda: ray.get(handles[0].status.remote()).in_flight == 4 and len(server.requests()) == 2)
     dispatcher.cancel_waiting()
     results = []
     while dispatcher.in_flight:
@@ -105,9 +112,7 @@ def test_tasks_handed_back_after_a_stop_are_not_sent_again(server: MockServer) -
     for i in range(6):  # each adapter runs one and queues two
         dispatcher.send(f"t{i}", chat(f"t{i}", f"prompt {i}"))
     dispatcher.input_done()
-    deadline = time.monotonic() + 20  # Ray may start an async actor's calls out of order: wait until all arrived
-    while [info.in_flight for info in ray.get([h.status.remote() for h in handles])] != [3, 3] and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: [info.in_flight for info in ray.get([h.status.remote() for h in handles])] == [3, 3])
     dispatcher.cancel_waiting()
     results = []
     while dispatcher.in_flight:
