@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import socket
+import zlib
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -192,15 +193,13 @@ def test_a_body_that_runs_to_the_close_is_whole_and_the_connection_is_not_reused
     assert run(body()).connections == 2
 
 
-def test_connection_close_and_idle_drops_mean_a_fresh_connection_not_an_error(run: Any) -> None:
-    replies = [ok(b"1", "Connection: close"), ok(b"2"), None]
+def test_connection_close_gets_a_fresh_connection_and_a_drop_mid_request_is_a_connection_error(run: Any) -> None:
+    replies = iter([ok(b"1", "Connection: close"), ok(b"2"), None, ok(b"4")])
 
     async def answer(request: Request) -> bytes | None:
-        index = len(server.requests) - 1
-        return replies[index] if index < len(replies) else ok(b"4")
+        return next(replies)
 
-    async def body() -> None:
-        nonlocal server
+    async def body() -> ScriptedServer:
         async with ScriptedServer(answer) as server:
             pool = pool_for(server.url)
             first = await pool.post("/x", b"{}", timeout_s=5)  # "Connection: close": not kept
@@ -210,10 +209,28 @@ def test_connection_close_and_idle_drops_mean_a_fresh_connection_not_an_error(ru
             fourth = await pool.post("/x", b"{}", timeout_s=5)
             await pool.close()
         assert [first.body, second.body, fourth.body] == [b"1", b"2", b"4"]
-        assert [r.connection for r in server.requests] == [1, 2, 2, 3]
+        return server
 
-    server: ScriptedServer
-    run(body())
+    assert [r.connection for r in run(body()).requests] == [1, 2, 2, 3]
+
+
+def test_an_idle_connection_the_server_closed_is_replaced_without_an_error(run: Any) -> None:
+    replies = iter([Closing(ok(b"1")), ok(b"2")])  # no "Connection: close": the client learns only from the close
+
+    async def answer(request: Request) -> bytes | None:
+        return next(replies)
+
+    async def body() -> ScriptedServer:
+        async with ScriptedServer(answer) as server:
+            pool = pool_for(server.url)
+            first = await pool.post("/x", b"{}", timeout_s=5)
+            await asyncio.sleep(0.1)  # the close reaches the idle connection
+            second = await pool.post("/x", b"{}", timeout_s=5)
+            await pool.close()
+        assert [first.body, second.body] == [b"1", b"2"]
+        return server
+
+    assert [r.connection for r in run(body()).requests] == [1, 2]
 
 
 def test_idle_connections_past_keepalive_are_not_reused(run: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -254,7 +271,7 @@ def test_bad_answers_are_connection_errors_and_the_connection_is_dropped(run: An
 
 
 def test_a_timeout_fails_the_request_and_closes_its_connection(run: Any) -> None:
-    async def body() -> ScriptedServer:
+    async def body() -> None:
         async with ScriptedServer(always(ok(), delay_s=5.0)) as server:
             pool = pool_for(server.url)
             with pytest.raises(TimeoutError):
@@ -262,7 +279,6 @@ def test_a_timeout_fails_the_request_and_closes_its_connection(run: Any) -> None
             await asyncio.sleep(0.1)
             assert server.open_now == 0, "the server sees the connection close"
             await pool.close()
-        return server
 
     run(body())
 
@@ -331,6 +347,21 @@ def test_a_host_name_is_resolved_once_for_a_burst_of_connections(run: Any) -> No
 
     server, lookups = run(body())
     assert server.connections == 5 and lookups == 1
+
+
+@pytest.mark.parametrize("compress", [zlib.compress, lambda data: zlib.compress(data)[2:-4]], ids=["zlib", "raw"])
+def test_deflate_bodies_with_or_without_the_zlib_wrapper_are_decoded(run: Any, compress: Callable[[bytes], bytes]) -> None:
+    payload = compress(b'{"deflated": true}')
+    reply = b"HTTP/1.1 200 OK\r\nContent-Encoding: deflate\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload)
+
+    async def body() -> bytes:
+        async with ScriptedServer(always(reply)) as server:
+            pool = pool_for(server.url)
+            response = await pool.post("/x", b"{}", timeout_s=5)
+            await pool.close()
+        return response.body
+
+    assert run(body()) == b'{"deflated": true}'
 
 
 @pytest.mark.parametrize(
