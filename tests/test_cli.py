@@ -184,14 +184,16 @@ def test_sort_rewrites_the_output_in_input_order(tmp_path: Path, rayfan: Callabl
     assert "10/10" in capsys.readouterr().err, "--progress draws even when stderr is not a terminal"
 
 
-def test_an_adapter_that_cannot_start_stops_the_run_before_anything_is_sent(
+def test_no_api_key_on_the_driver_stops_the_run_before_anything_is_sent(
     tmp_path: Path, server: MockServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """No key here nor in the workers' environment: one clear error, not a failed record per line."""
+    """The key is read on the driver only: without one, one clear error before Ray starts, not a failed record per line."""
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     out = tmp_path / "out.jsonl"
-    assert main(["run", str(EXAMPLES), "-o", str(out), "--base-url", server.base_url]) == ExitCode.USAGE
-    assert "an adapter could not start" in (err := capsys.readouterr().err) and "no API key" in err
+    with pytest.raises(SystemExit) as stopped:
+        main(["run", str(EXAMPLES), "-o", str(out), "--base-url", server.base_url])
+    assert stopped.value.code == ExitCode.USAGE
+    assert "no API key: set OPENAI_API_KEY" in capsys.readouterr().err
     assert not out.exists() and server.requests() == []
 
 

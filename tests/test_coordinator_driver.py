@@ -10,6 +10,7 @@ import ray
 
 from actors import OpenAIAdapter
 from actors.coordinator import NAMESPACE, scope_name
+from actors.endpoint_settings import EndpointSettings
 from actors.leases import CoordinatedLimit
 from actors.limits import Limits
 from drivers.cli import main
@@ -57,8 +58,9 @@ def test_run_with_limits_uses_the_coordinator_and_prints_the_rate(
 
 @pytest.mark.usefixtures("ray_session")
 def test_close_and_report_skips_an_adapter_that_died(server: MockServer) -> None:
-    limit: CoordinatedLimit = shared_limit(2, base_url=server.base_url, api_key="sk-test-dead", model="gpt-4o-mini", limits=Limits(rpm=600))
-    alive, dead = [OpenAIAdapter.remote(base_url=server.base_url, api_key="sk-test-dead", limit=limit) for _ in range(2)]
+    endpoint = EndpointSettings(base_url=server.base_url, api_key="sk-test-dead")
+    limit: CoordinatedLimit = shared_limit(2, endpoint=endpoint, model="gpt-4o-mini", limits=Limits(rpm=600))
+    alive, dead = [OpenAIAdapter.remote(endpoint=endpoint, limit=limit) for _ in range(2)]
     try:
         ray.get(alive.run.remote({"custom_id": "a", "messages": [{"role": "user", "content": "hi"}]}))
         ray.kill(dead)

@@ -16,6 +16,7 @@ from ray.util.state import list_actors
 
 from actors import ChatTask, OpenAIAdapter, RetryPolicy, tokens
 from actors.coordinator import NAMESPACE, coordinator_for, scope_name
+from actors.endpoint_settings import EndpointSettings
 from actors.leases import CoordinatedLimit
 from actors.limiter import LocalLimit
 from actors.limits import CoordinatorSnapshot, Limits
@@ -42,7 +43,7 @@ def outcomes(server: MockServer) -> Counter[str]:
 
 def start(count: int, server: MockServer, key: str, limit: object, retry: RetryPolicy | None = None) -> list[ray.actor.ActorHandle]:
     return [
-        OpenAIAdapter.remote(base_url=server.base_url, api_key=key, model=MODEL, name=f"limited-{i}", limit=limit, retry=retry)
+        OpenAIAdapter.remote(endpoint=EndpointSettings(base_url=server.base_url, api_key=key), model=MODEL, name=f"limited-{i}", limit=limit, retry=retry)
         for i in range(count)
     ]
 

@@ -7,9 +7,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import ray
-from pydantic import SecretStr
 
 from actors import ChatTask, InvalidTask, OpenAIAdapter, TaskStatus
+from actors.endpoint_settings import EndpointSettings
 from drivers.cluster import start_adapters
 from drivers.fanout import Dispatcher, batch_size_for, fan_out
 from drivers.mock_server import MockServer
@@ -22,7 +22,7 @@ def chat(custom_id: str, prompt: str) -> ChatTask:
 
 
 def adapters(server: MockServer, count: int) -> list:
-    return [OpenAIAdapter.remote(base_url=server.base_url, api_key=SecretStr("sk-x")) for _ in range(count)]
+    return [OpenAIAdapter.remote(endpoint=EndpointSettings(base_url=server.base_url, api_key="sk-x")) for _ in range(count)]
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
@@ -53,7 +53,7 @@ def test_every_task_comes_back_once_and_the_window_is_never_exceeded(server: Moc
 
 def test_capped_adapters_get_tasks_queued_ahead_yet_the_endpoint_never_sees_more_than_the_window(server: MockServer) -> None:
     server.configure(latency_s=0.3)
-    handles = start_adapters(2, base_url=server.base_url, api_key="sk-x", model="gpt-4o-mini", max_in_flight=7)
+    handles = start_adapters(2, endpoint=EndpointSettings(base_url=server.base_url, api_key="sk-x"), model="gpt-4o-mini", max_in_flight=7)
     assert [info.max_in_flight for info in ray.get([h.status.remote() for h in handles])] == [4, 3]
     dispatcher: Dispatcher[str] = Dispatcher(handles, max_in_flight=7, batch_size=1)
     assert dispatcher.max_held == 7 + 2 * 1 * 2, "two batches per adapter wait in its queue"
@@ -73,7 +73,7 @@ def test_capped_adapters_get_tasks_queued_ahead_yet_the_endpoint_never_sees_more
 
 def test_cancel_waiting_sends_nothing_more(server: MockServer) -> None:
     server.configure(latency_s=1.0)
-    handles = start_adapters(1, base_url=server.base_url, api_key="sk-x", model="gpt-4o-mini", max_in_flight=2)
+    handles = start_adapters(1, endpoint=EndpointSettings(base_url=server.base_url, api_key="sk-x"), model="gpt-4o-mini", max_in_flight=2)
     dispatcher: Dispatcher[str] = Dispatcher(handles, max_in_flight=2, batch_size=2)
     for i in range(5):  # two batches reach the adapter (two run, two wait); the fifth stays buffered here
         dispatcher.send(f"t{i}", chat(f"t{i}", f"prompt {i}"))
@@ -92,7 +92,7 @@ def test_cancel_waiting_sends_nothing_more(server: MockServer) -> None:
 
 
 def test_at_the_end_tasks_queued_behind_slow_requests_move_to_a_free_adapter(server: MockServer) -> None:
-    handles = start_adapters(2, base_url=server.base_url, api_key="sk-x", model="gpt-4o-mini", max_in_flight=4)
+    handles = start_adapters(2, endpoint=EndpointSettings(base_url=server.base_url, api_key="sk-x"), model="gpt-4o-mini", max_in_flight=4)
     slow = "[[mock latency=4]]"
     # One task per batch, least busy first: adapter 0 gets t0 t2 t4 t6, adapter 1 t1 t3 t5 t7.
     # Adapter 0 runs two of its four (its cap is 2) and queues the others; at least one
@@ -115,7 +115,7 @@ def test_at_the_end_tasks_queued_behind_slow_requests_move_to_a_free_adapter(ser
 
 def test_tasks_handed_back_after_a_stop_are_not_sent_again(server: MockServer) -> None:
     server.configure(latency_s=1.0)
-    handles = start_adapters(2, base_url=server.base_url, api_key="sk-x", model="gpt-4o-mini", max_in_flight=2)
+    handles = start_adapters(2, endpoint=EndpointSettings(base_url=server.base_url, api_key="sk-x"), model="gpt-4o-mini", max_in_flight=2)
     dispatcher: Dispatcher[str] = Dispatcher(handles, max_in_flight=2, batch_size=1)
     for i in range(6):  # each adapter runs one and queues two
         dispatcher.send(f"t{i}", chat(f"t{i}", f"prompt {i}"))

@@ -11,6 +11,7 @@ import pytest
 
 from actors import Adapter, ChatTask, EmbeddingTask, RetryPolicy, Usage
 from actors.coordinator import Coordinator
+from actors.endpoint_settings import EndpointSettings
 from actors.leases import LeaseClient
 from actors.limiter import Limiter, LocalLimit, LocalLimiter, charged_tokens, rate_limit_event
 from actors.limits import DEFAULT_PAUSE_S, Limits, Observation, RateLimited, parse_duration
@@ -137,7 +138,7 @@ def test_adapter_learns_limits_and_reports_usage(server: MockServer) -> None:
 
     async def body() -> None:
         scope = Coordinator(scope="s", endpoint=server.base_url, model="m")  # no limits given
-        adapter = Adapter(base_url=server.base_url, api_key=TEST_KEY, retry=FAST_RETRIES, limit=DirectLimit(scope))
+        adapter = Adapter(endpoint=EndpointSettings(base_url=server.base_url, api_key=TEST_KEY), retry=FAST_RETRIES, limit=DirectLimit(scope))
         results = await asyncio.gather(*(adapter.run(chat(f"r{i}", f"prompt number {i} here")) for i in range(40)))
         await adapter.close()
         assert all(result.ok for result in results)
@@ -156,7 +157,7 @@ def test_adapter_learns_limits_and_reports_usage(server: MockServer) -> None:
 def test_adapter_reports_429_and_the_scope_pauses(server: MockServer) -> None:
     async def body() -> None:
         scope = Coordinator(scope="s", endpoint=server.base_url, model="m", limits=Limits(rpm=6000))
-        adapter = Adapter(base_url=server.base_url, api_key=TEST_KEY, retry=FAST_RETRIES, limit=DirectLimit(scope))
+        adapter = Adapter(endpoint=EndpointSettings(base_url=server.base_url, api_key=TEST_KEY), retry=FAST_RETRIES, limit=DirectLimit(scope))
         result = await adapter.run(chat("busy", "busy [[mock status=429 retry_after_ms=300 times=1]]"))
         await adapter.close()
         assert result.ok and result.attempts == 2
@@ -173,7 +174,7 @@ def test_adapter_reports_429_and_the_scope_pauses(server: MockServer) -> None:
 def test_insufficient_quota_fails_queued_tasks_without_sending_them(server: MockServer) -> None:
     async def body() -> None:
         scope = Coordinator(scope="s", endpoint=server.base_url, model="m", limits=Limits(rpm=1))
-        adapter = Adapter(base_url=server.base_url, api_key=TEST_KEY, retry=FAST_RETRIES, limit=DirectLimit(scope))
+        adapter = Adapter(endpoint=EndpointSettings(base_url=server.base_url, api_key=TEST_KEY), retry=FAST_RETRIES, limit=DirectLimit(scope))
         fatal = await adapter.submit_task(chat("fatal", QUOTA_PROMPT))
         queued = [await adapter.submit_task(chat(f"q{i}", "anything")) for i in range(5)]
         results = [await adapter.get_result(task_id) for task_id in [fatal, *queued]]
@@ -187,7 +188,7 @@ def test_insufficient_quota_fails_queued_tasks_without_sending_them(server: Mock
 
 def test_local_limit_spec_builds_a_local_limiter(server: MockServer) -> None:
     async def body() -> None:
-        adapter = Adapter(base_url=server.base_url, api_key=TEST_KEY, limit=LocalLimit(limits=Limits(rpm=1)))
+        adapter = Adapter(endpoint=EndpointSettings(base_url=server.base_url, api_key=TEST_KEY), limit=LocalLimit(limits=Limits(rpm=1)))
         fatal = await adapter.submit_task(chat("fatal", QUOTA_PROMPT))
         waiting = await adapter.submit_task(chat("waiting", "anything"))
         results = [await adapter.get_result(fatal), await adapter.get_result(waiting)]
