@@ -71,7 +71,9 @@ class Connection:
         url, headers = self._route(path, str(body.get("model", "")), timeout_s)
         timeout = aiohttp.ClientTimeout(total=timeout_s or self._settings.timeout_s, sock_connect=self._settings.connect_timeout_s)
         try:
-            async with self._get_session().post(url, data=json.dumps(body).encode(), headers=headers, timeout=timeout) as response:
+            async with self._get_session().post(
+                url, data=json.dumps(body).encode(), headers=headers, timeout=timeout, allow_redirects=False
+            ) as response:
                 content = await _read_capped(response, self._settings.max_response_bytes, url)
                 status, response_headers = response.status, response.headers
         except asyncio.TimeoutError as err:  # aiohttp's timeouts are asyncio's

@@ -20,9 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 DEFAULT_BASE_URL = "https://api.openai.com/v1"  # the SDK's default endpoint
 DEFAULT_TIMEOUT_S = 600.0  # the SDK's default per request
 DEFAULT_CONNECT_TIMEOUT_S = 5.0  # the SDK's default connect timeout
-MAX_RESPONSE_BYTES = 64 * 2**20
-"""An answer larger than this (after decompression) is an error, not a memory spike: the
-largest real answers (many embeddings at once) are a few MiB."""
+MAX_RESPONSE_BYTES = 32 * 2**20
+"""An answer larger than this (after decompression) is an error, not a memory spike. Real
+answers are KiB; a batch of a thousand float embeddings is ~30 MB (``--max-response-mb``)."""
 
 
 class AzureSettings(BaseModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import ssl
 from collections.abc import Callable, Mapping
 
@@ -29,6 +30,7 @@ from actors.models import TaskError
 
 log = logging.getLogger(__name__)
 
+_URL_PASSWORD = re.compile(r"(\w+://[^/@\s:]*:)[^/@\s]*@")
 _RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 _STATUS_CODES = {
     400: "bad_request",
@@ -110,7 +112,13 @@ def is_retryable(error: BaseException) -> bool:
 
 
 def describe_error(error: BaseException) -> TaskError:
-    """Translate an SDK or transport exception into the stable TaskError of a result."""
+    """Translate an SDK or transport exception into the stable TaskError of a result,
+    with any password in a URL (a proxy's, say, which aiohttp quotes) masked."""
+    described = _describe(error)
+    return described.model_copy(update={"message": _URL_PASSWORD.sub(r"\1***@", described.message)})
+
+
+def _describe(error: BaseException) -> TaskError:
     if is_fatal_quota(error):
         return TaskError(code="insufficient_quota", message=_message(error), status_code=429)
     if (cause := permanent_cause(error)) is not None:

@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     endpoint.add_argument("--azure-endpoint", help="Azure OpenAI, https://NAME.openai.azure.com (default: AZURE_OPENAI_ENDPOINT)")
     endpoint.add_argument("--azure-deployment", help="one Azure deployment for every request (default: each request's model names it)")
     endpoint.add_argument("--api-version", help="Azure OpenAI api-version (default: OPENAI_API_VERSION)")
+    endpoint.add_argument(
+        "--max-response-mb", type=_positive(float), default=None, metavar="MB", help="largest answer read, decompressed (default 32)"
+    )
     endpoint.add_argument("--ca-file", type=Path, default=None, help="PEM CA certificates to trust (default: SSL_CERT_FILE, else the SDK's store)")
     run.add_argument("--model", default=None, help=f"model for lines that name none (default {DEFAULT_MODEL})")
     run.add_argument("--max-tokens", type=_positive(int), default=None, help="max_tokens for prompt-shorthand lines")
@@ -143,6 +146,7 @@ def _endpoint_flags(args: argparse.Namespace) -> EndpointFlags:
         azure_deployment=args.azure_deployment,
         api_version=args.api_version,
         ca_file=args.ca_file,
+        max_response_mb=args.max_response_mb,
     )
 
 

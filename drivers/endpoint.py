@@ -40,6 +40,7 @@ class EndpointFlags(BaseModel):
     azure_deployment: str | None = None
     api_version: str | None = None
     ca_file: Path | None = None
+    max_response_mb: float | None = None
 
 
 def resolve_endpoint(flags: EndpointFlags) -> EndpointSettings:
@@ -65,6 +66,8 @@ def resolve_endpoint(flags: EndpointFlags) -> EndpointSettings:
     }
     if flags.timeout_s is not None:
         fields["timeout_s"] = flags.timeout_s
+    if flags.max_response_mb is not None:
+        fields["max_response_bytes"] = int(flags.max_response_mb * 2**20)
     try:
         return EndpointSettings.model_validate(fields)
     except ValidationError as err:  # never echo the values: they hold the key

@@ -1,7 +1,8 @@
 """A small, deterministic fake of the OpenAI HTTP API (aiohttp) for tests, demos and benchmarks.
 
-It speaks real HTTP on 127.0.0.1 so the real ``openai`` client, its retries, timeouts and
-connection handling are exercised end to end, with no key and no network.
+It speaks real HTTP on 127.0.0.1 (HTTPS when given an ``ssl_context``) so the real ``openai``
+client, its retries, timeouts and connection handling are exercised end to end, with no key
+and no network.
 
 Content is deterministic. The token count of a text is its number of whitespace-separated
 words, plus one per message (a fake, not a tokenizer). The reply is built from the first
@@ -38,6 +39,7 @@ import json
 import math
 import re
 import signal
+import ssl
 import struct
 import threading
 import time
@@ -612,10 +614,22 @@ _render_embeddings = _render_json(lambda body, job, _n: _embedding_list(body, jo
 class MockServer:
     """Runs the app on its own event loop in a daemon thread so sync code (pytest fixtures, the CLI) can use it."""
 
-    def __init__(self, config: MockConfig | None = None, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        config: MockConfig | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
+        public_host: str | None = None,
+    ) -> None:
+        """``ssl_context`` serves HTTPS; ``public_host`` names the host in ``base_url`` (e.g. one
+        only a test proxy resolves) while the server still binds ``host``."""
         self.config = config or MockConfig()
         self._host = host
         self._port = port
+        self._ssl_context = ssl_context
+        self._public_host = public_host
         self._lock = threading.Lock()  # guards the log, fault counters and rate buckets
         self._log: deque[_Entry] = deque(maxlen=LOG_LIMIT)
         self._seen: dict[str, int] = {}
@@ -633,7 +647,8 @@ class MockServer:
     def base_url(self) -> str:
         if self._runner is None:
             raise RuntimeError("MockServer is not started")
-        return f"http://{self._host}:{self._port}/v1"
+        scheme = "https" if self._ssl_context is not None else "http"
+        return f"{scheme}://{self._public_host or self._host}:{self._port}/v1"
 
     def start(self) -> MockServer:
         if self._thread is not None:
@@ -681,7 +696,7 @@ class MockServer:
         await runner.setup()
         # A deep accept queue, as real endpoints have: at aiohttp's default of 128, a batch
         # opening thousands of connections at once loses SYNs and waits a second to resend them.
-        site = web.TCPSite(runner, self._host, self._port, backlog=_ACCEPT_BACKLOG)
+        site = web.TCPSite(runner, self._host, self._port, backlog=_ACCEPT_BACKLOG, ssl_context=self._ssl_context)
         try:
             await site.start()
         except BaseException:
@@ -844,12 +859,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added before every response")
     parser.add_argument("--rpm", type=int, default=None, help="requests-per-minute limit per API key")
     parser.add_argument("--tpm", type=int, default=None, help="tokens-per-minute limit per API key")
+    parser.add_argument("--certfile", default=None, help="PEM certificate chain: serve HTTPS (needs --keyfile)")
+    parser.add_argument("--keyfile", default=None, help="PEM private key of --certfile")
     args = parser.parse_args(argv)
+    if (args.certfile is None) != (args.keyfile is None):
+        parser.error("--certfile and --keyfile go together")
     config = MockConfig(latency_s=args.latency, rpm_limit=args.rpm, tpm_limit=args.tpm)
+    ssl_context = None
+    if args.certfile is not None:
+        ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ssl_context.load_cert_chain(args.certfile, args.keyfile)
     tune_for_many_open_requests()  # its own process: thousands of open requests in benchmarks
     loop = new_event_loop()
     try:
-        loop.run_until_complete(_serve_until_signalled(MockServer(config, port=args.port)))
+        loop.run_until_complete(_serve_until_signalled(MockServer(config, port=args.port, ssl_context=ssl_context)))
     finally:
         loop.close()
 
