@@ -24,8 +24,9 @@ Per request the order is: validate (400), latency, rate limits (429), scripted f
 Optional per-key RPM/TPM limits use continuous token buckets (capacity = the per-minute
 limit, refilled at limit/60 per second) and answer 429 with OpenAI's headers.
 
-Run ``python -m drivers.mock_server --port N [--latency S] [--rpm N] [--tpm N]`` to serve
-in the foreground (prints the base URL, stops on SIGINT/SIGTERM).
+Run ``python -m drivers.mock_server --port N [--latency S] [--rpm N] [--tpm N]
+[--certfile PEM --keyfile PEM]`` to serve in the foreground, over HTTPS with a certificate
+(prints the base URL, stops on SIGINT/SIGTERM).
 """
 
 from __future__ import annotations
