@@ -23,12 +23,17 @@ from actors.connection import Connection
 from actors.endpoints import SENDERS, OnDelta, Reply
 from actors.errors import ScopeStopped
 from actors.limiter import Limiter
+from actors.limits import RateLimited
 from actors.models import TaskError, TaskResult, TaskStatus, Usage
 from actors.pricing import PriceTable
 from actors.retry import RetryPolicy, describe_error, is_fatal_quota
 from actors.task_table import TaskRecord
 
 log = logging.getLogger(__name__)
+
+KEY_REJECTED_AFTER = 3
+"""Consecutive 401/403 answers after which the key is taken as revoked or wrong and the
+scope stops: a million requests should not each learn it from the server."""
 
 
 class AdapterStats(BaseModel):
@@ -62,6 +67,7 @@ class TaskExecutor:
         self._retry = retry
         self._prices = prices
         self._slots = asyncio.Semaphore(max_in_flight)
+        self._rejections_in_a_row = 0
         self.max_in_flight = max_in_flight
         self.stats = AdapterStats()
 
@@ -119,8 +125,22 @@ class TaskExecutor:
                 if is_fatal_quota(error):
                     log.error("%s: insufficient_quota: the account has no credit left; not retrying", task.custom_id)
                 raise
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
+                await self._key_rejected(error)
+                raise
+            self._rejections_in_a_row = 0
             limited.succeeded(reply)
             return reply
+
+    async def _key_rejected(self, error: openai.APIStatusError) -> None:
+        """Count a 401/403; after ``KEY_REJECTED_AFTER`` in a row, stop the scope for every
+        adapter, as ``insufficient_quota`` does: what waits is never sent."""
+        self._rejections_in_a_row += 1
+        if self._rejections_in_a_row == KEY_REJECTED_AFTER:
+            reason = describe_error(error)
+            message = f"{KEY_REJECTED_AFTER} requests in a row answered {reason.status_code} ({reason.message}); the key was rejected"
+            log.error("%s; nothing more is sent with it", message)
+            await self._limiter.rate_limited(RateLimited(pause_s=0.0, fatal=TaskError(code="key_rejected", message=message)))
 
     def _finish(self, record: TaskRecord, started: float | None, *, reply: Reply | None = None, error: TaskError | None = None) -> None:
         task = record.task

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from actors.endpoint_settings import EndpointSettings
 from actors.limits import Limits
-from actors.models import DEFAULT_MODEL, TaskStatus
+from actors.models import DEFAULT_MODEL, TaskError, TaskStatus
 from actors.pricing import PriceTable
 from drivers.budget import Budget
 from drivers.cluster import connect, shared_limit, start_adapters
@@ -23,6 +23,7 @@ from drivers.interrupt import WAIT_SLICE_S, CtrlC
 from drivers.limits import close_and_report
 from drivers.outputs import (
     BUDGET_EXHAUSTED,
+    SCOPE_STOPPED_CODES,
     UNPRICED,
     OutputWriter,
     ResumeState,
@@ -130,6 +131,8 @@ class _Run:
         self._budget = budget
         self._prices = prices
         self._progress = progress
+        self._stopped: TaskError | None = None
+        """Why the scope stopped sending (no credit, a rejected key): the rest is not sent."""
 
     def send_all(self, items: Iterable[InputRequest | InputProblem], resume: ResumeState) -> None:
         self._show()
@@ -158,6 +161,9 @@ class _Run:
             return
 
     def _send(self, request: InputRequest) -> None:
+        if self._stopped is not None:
+            self._not_run(request, self._stopped.code, f"not sent: {self._stopped.message}; a re-run sends it")
+            return
         reservation = 0
         if self._budget is not None:
             reservation = self._reserve(request, self._budget)
@@ -200,6 +206,11 @@ class _Run:
                 self._budget.settle(sent.reservation, result.cost_usd)
             if result.status is TaskStatus.CANCELLED:
                 continue  # never sent (Ctrl-C emptied the queues): no record, so the next run sends it
+            if result.error is not None and result.error.code in SCOPE_STOPPED_CODES:
+                self._stopped = result.error
+                if result.attempts == 0:
+                    self._not_run(sent.request, result.error.code, f"not sent: {result.error.message}; a re-run sends it")
+                    continue
             self._summary.add_result(result)
             self._write(result_record(sent.request, result))
 

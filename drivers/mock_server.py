@@ -108,6 +108,8 @@ class MockConfig(pydantic.BaseModel):
     """Tokens per minute per key; a request costs prompt tokens + its max output tokens."""
     ratelimit_headers: bool = True
     """Send OpenAI's ``x-ratelimit-*`` headers when a limit is set."""
+    revoked_keys: frozenset[str] = frozenset()
+    """API keys answered 401 ``invalid_api_key``, as a revoked key is (checked after the latency)."""
 
 
 class ReceivedRequest(pydantic.BaseModel):
@@ -782,6 +784,8 @@ class MockServer:
         latency = config.latency_s if directive.latency is None else directive.latency
         if latency:
             await asyncio.sleep(latency)
+        if config.revoked_keys and request.headers.get("Authorization", "").removeprefix("Bearer ") in config.revoked_keys:
+            return _error(401, "Incorrect API key provided (revoked).", headers, type_="invalid_request_error", code="invalid_api_key")
         if config.rpm_limit or config.tpm_limit:
             key = request.headers.get("Authorization", "")
             with self._lock:
