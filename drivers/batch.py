@@ -152,13 +152,14 @@ class _Run:
     def drain(self, *, deadline: float) -> None:
         """After Ctrl-C: nothing more is sent, not even what waits in the adapters' queues;
         keep what finishes before the deadline (or a second Ctrl-C). The rest is sent again
-        by the next run."""
+        by the next run, and counted in the summary as abandoned."""
         try:
             self._dispatcher.cancel_waiting()
             while self._dispatcher.in_flight and (remaining := deadline - time.monotonic()) > 0:
                 self._collect(timeout=remaining)
         except KeyboardInterrupt:
-            return
+            pass
+        self._summary.abandoned = self._dispatcher.in_flight
 
     def _send(self, request: InputRequest) -> None:
         if self._stopped is not None:

@@ -68,6 +68,8 @@ class RunSummary(BaseModel):
     """What the records kept from earlier runs cost; a budget covers them too."""
     wall_s: float = 0.0
     interrupted: bool = False
+    abandoned: int = 0
+    """Requests still open when an interrupted run gave up waiting: sent (perhaps billed), no record."""
     rate: RateReport | None = None
     """Achieved rate against the scope's limits, and the 429s (when the run got that far)."""
 
@@ -126,6 +128,11 @@ class RunSummary(BaseModel):
         lines.append(f"wall time: {self.wall_s:.2f}s")
         if self.rate is not None:
             lines.append(self.rate.render())
+        if self.abandoned:
+            lines.append(
+                f"abandoned: {self.abandoned} requests still open at the endpoint when the run stopped"
+                " (sent, perhaps billed, no record): the same command sends them again"
+            )
         if self.interrupted:
             lines.append(f"interrupted: run the same command again to resume into {self.output}")
         return "\n".join(lines)

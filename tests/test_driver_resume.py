@@ -136,3 +136,22 @@ def test_ctrl_c_writes_what_was_in_flight_and_exits_130_with_how_to_resume(
     recorded = {r["rayfan"]["line"] for r in records}
     reached_server = {int(p.rsplit(" ", 1)[1]) + 1 for p in sent_ok(server)}
     assert recorded == reached_server, "every request that reached the server was waited for and written"
+
+
+def test_ctrl_c_counts_the_requests_abandoned_in_flight(tmp_path: Path, server: MockServer) -> None:
+    """Requests that never answer within the drain are named in the summary, and the next run sends them."""
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    lines = [{"custom_id": f"h{i}", "prompt": f"hanging prompt {i} [[mock hang]]"} for i in range(3)]
+    lines += [{"custom_id": f"ok{i}", "prompt": f"quick prompt {i}"} for i in range(2)]
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    process = start_rayfan(source, out, server)
+    wait_for_records(out, 2, process)
+    deadline = time.monotonic() + 60
+    while sum(e.outcome == "pending" for e in server.requests()) < 3:  # the three hangs are open at the server
+        assert time.monotonic() < deadline, server.requests()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = output_of(process, out)
+    assert process.returncode == 130, stderr
+    assert "abandoned: 3 requests still open at the endpoint" in stdout and "the same command sends them again" in stdout
+    assert sorted(r["custom_id"] for r in complete_records(out)) == ["ok0", "ok1"]
