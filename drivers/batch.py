@@ -94,6 +94,7 @@ def run_batch(options: BatchOptions, *, progress: ProgressBar | None = None) -> 
                 ctrl_c.acknowledge()
                 summary.interrupted = True
                 run.drain(deadline=time.monotonic() + DRAIN_ON_INTERRUPT_S)
+            summary.resent = dispatcher.resent
         summary.rate = close_and_report(adapters, limit, time.monotonic() - sending)
     finally:
         for adapter in adapters:

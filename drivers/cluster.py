@@ -21,6 +21,10 @@ from drivers.fanout import get_each
 
 log = logging.getLogger(__name__)
 
+ADAPTER_RESTARTS = 3
+"""Ray restarts a dead adapter (same arguments, any node) this many times; its lost work is
+sent again by the dispatcher, never retried by Ray (``max_task_retries=0``), so it is counted."""
+
 
 def connect(address: str | None) -> None:
     """Start a local Ray, or join the cluster at ``address``; a no-op when already connected."""
@@ -45,7 +49,7 @@ def start_adapters(
     that together the adapters never have more requests open (each gets at least one)."""
     shares = _shares(max_in_flight, count) if max_in_flight is not None else [MAX_CONCURRENCY] * count
     adapters = [
-        OpenAIAdapter.options(scheduling_strategy="SPREAD").remote(
+        OpenAIAdapter.options(scheduling_strategy="SPREAD", max_restarts=ADAPTER_RESTARTS, max_task_retries=0).remote(
             endpoint=endpoint,
             model=model,
             name=f"adapter-{index}",

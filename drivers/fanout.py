@@ -5,7 +5,14 @@ finish first, so results stream out in completion order and memory stays flat ho
 long the input is. Tasks travel in small batches (one actor call, one ObjectRef for several
 requests) because an actor call costs more CPU than the HTTP request it carries; a batch
 is sent when full or as soon as the dispatcher waits, so nothing sits in a buffer while
-the window has room. An adapter that dies turns its requests into error results.
+the window has room.
+
+An adapter that dies (its process killed, its node lost) loses the batches it held: their
+tasks go out again, at once, to the adapters still up, and the dead one gets nothing until
+a probe finds it back (Ray restarts adapters started by ``start_adapters``) or dead for good.
+Some of those tasks had already been sent, so their prompts may be billed twice: ``resent``
+counts them. A task lost this way more than ``MAX_RESENDS`` times (a task that kills its
+adapter) ends as an ``adapter_died`` result, as do all tasks once no adapter is left.
 
 When the adapters themselves cap their requests (``start_adapters(max_in_flight=...)``)
 at no more than the window, the dispatcher hands them two batches each beyond it: those
@@ -26,13 +33,14 @@ from typing import Any, Generic, TypeVar
 
 import ray
 from ray.actor import ActorHandle
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
 from actors.adapter import MAX_CONCURRENCY
 from actors.models import TaskError, TaskResult, TaskStatus, parse_task
 
 Item = TypeVar("Item")
 MAX_BATCH = 64
+MAX_RESENDS = 2
 
 
 def batch_size_for(max_in_flight: int, adapters: int) -> int:
@@ -70,6 +78,11 @@ class Dispatcher(Generic[Item]):
         self._input_done = False
         self._stopping = False
         self._handing_back: set[int] = set()  # adapters asked to hand back their queue, until a batch of theirs returns
+        self._probes: dict[int, ray.ObjectRef] = {}  # adapters that lost a batch, until they answer again
+        self._dead: set[int] = set()  # adapters gone for good
+        self._losses: dict[int, int] = {}  # id(task) -> times its adapter died under it
+        self.resent = 0
+        """Tasks sent again because their adapter died: each may have been billed twice."""
         self.batch_size = batch_size or batch_size_for(max_in_flight, len(adapters))
         self._caps = adapter_limits(self._adapters)
         capped = sum(self._caps) <= max_in_flight
@@ -96,17 +109,17 @@ class Dispatcher(Generic[Item]):
 
     def collect(self, timeout: float | None = None) -> list[tuple[Item, TaskResult]]:
         """Wait up to ``timeout`` for at least one batch, then take every one that is ready."""
+        self._check_probes()
         if self._input_done and not self._stopping:
             self._move_queued_to_free_adapters()
-        self._flush()
-        refs = list(self._pending)
-        if not refs:
-            return []
+        finished = self._flush()
+        refs = list(self._pending) + list(self._probes.values())
+        if finished or not refs:
+            return finished
         ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
         if not ready:
             return []
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-        finished: list[tuple[Item, TaskResult]] = []
+        ready, _ = ray.wait(list(self._pending), num_returns=len(self._pending), timeout=0)
         for ref, value in zip(ready, get_each(ready)):
             finished.extend(self._finish(ref, value))
         return finished
@@ -135,26 +148,83 @@ class Dispatcher(Generic[Item]):
                 batch.moved.add(position)
                 self._buffer.append(batch.entries[position])  # still in flight: it goes out with the next flush
 
-    def _flush(self) -> None:
+    def _flush(self) -> list[tuple[Item, TaskResult]]:
+        """Send the buffer to the least-busy adapter that is up; with none left at all, the
+        buffered tasks end as ``adapter_died`` results, returned."""
         if not self._buffer:
-            return
+            return []
+        up = [i for i in range(len(self._adapters)) if i not in self._dead and i not in self._probes]
+        if not up:
+            if len(self._dead) < len(self._adapters):
+                return []  # some adapter may come back: the buffer waits for it
+            entries, self._buffer = self._buffer, []
+            self._in_flight -= len(entries)
+            error = RayActorError()
+            return [(item, _lost_result(task, error)) for item, task in entries]
         entries, self._buffer = self._buffer, []
-        index = min(range(len(self._busy)), key=self._busy.__getitem__)
+        index = min(up, key=self._busy.__getitem__)
         self._busy[index] += len(entries)
         batch = _Batch(next(self._tags), index, entries)
         self._by_tag[batch.tag] = batch
         self._pending[self._adapters[index].run_batch.remote([task for _, task in entries], batch.tag)] = batch
+        return []
 
     def _finish(self, ref: ray.ObjectRef, value: list[TaskResult] | BaseException) -> list[tuple[Item, TaskResult]]:
         batch = self._pending.pop(ref)
         del self._by_tag[batch.tag]
         self._busy[batch.adapter] -= len(batch.entries)
         self._handing_back.discard(batch.adapter)
+        if isinstance(value, RayActorError):
+            return self._lost(batch, value)
         if isinstance(value, BaseException):
             value = [_lost_result(task, value) for _, task in batch.entries]
         finished = [(item, result) for position, ((item, _), result) in enumerate(zip(batch.entries, value)) if position not in batch.moved]
+        if self._losses:
+            for position, (_, task) in enumerate(batch.entries):
+                if position not in batch.moved:
+                    self._losses.pop(id(task), None)
         self._in_flight -= len(finished)
         return finished
+
+    def _lost(self, batch: _Batch[Item], error: RayActorError) -> list[tuple[Item, TaskResult]]:
+        """The adapter died holding ``batch``: its tasks go out again (after Ctrl-C they are
+        dropped unsent, like the buffer), and the adapter is probed before it gets more."""
+        if batch.adapter not in self._dead and batch.adapter not in self._probes:
+            self._probes[batch.adapter] = self._adapters[batch.adapter].status.remote()
+        given_up: list[tuple[Item, TaskResult]] = []
+        for position, (item, task) in enumerate(batch.entries):
+            if position in batch.moved:
+                continue
+            losses = self._losses.get(id(task), 0) + 1
+            if self._stopping or losses > MAX_RESENDS:
+                self._losses.pop(id(task), None)
+                self._in_flight -= 1
+                if not self._stopping:
+                    given_up.append((item, _lost_result(task, error)))
+                continue
+            self._losses[id(task)] = losses
+            self._buffer.append((item, task))
+            self.resent += 1
+        return given_up
+
+    def _check_probes(self) -> None:
+        """Adapters that answer their probe are up again (Ray restarted them); those whose
+        probe fails with ``ActorDiedError`` are gone for good."""
+        if not self._probes:
+            return
+        ready, _ = ray.wait(list(self._probes.values()), num_returns=len(self._probes), timeout=0)
+        answered = set(ready)
+        for index, ref in list(self._probes.items()):
+            if ref not in answered:
+                continue
+            del self._probes[index]
+            reply = get_each([ref])[0]
+            if isinstance(reply, ActorDiedError):
+                self._dead.add(index)
+            elif isinstance(reply, BaseException):
+                self._probes[index] = self._adapters[index].status.remote()  # still restarting: ask again
+            else:
+                self._busy[index] = sum(len(b.entries) for b in self._pending.values() if b.adapter == index)
 
 
 def adapter_limits(adapters: Sequence[ActorHandle]) -> list[int]:

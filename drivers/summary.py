@@ -69,6 +69,8 @@ class RunSummary(BaseModel):
     wall_s: float = 0.0
     interrupted: bool = False
     abandoned: int = 0
+    resent: int = 0
+    """Requests sent again because their adapter died under them: each may be billed twice."""
     """Requests still open when an interrupted run gave up waiting: sent (perhaps billed), no record."""
     rate: RateReport | None = None
     """Achieved rate against the scope's limits, and the 429s (when the run got that far)."""
@@ -128,6 +130,8 @@ class RunSummary(BaseModel):
         lines.append(f"wall time: {self.wall_s:.2f}s")
         if self.rate is not None:
             lines.append(self.rate.render())
+        if self.resent:
+            lines.append(f"resent: {self.resent} requests whose adapter died went out again (each may be billed twice)")
         if self.abandoned:
             lines.append(
                 f"abandoned: {self.abandoned} requests still open at the endpoint when the run stopped"

@@ -33,6 +33,10 @@ def test_counts_by_outcome_decide_the_exit_code_and_the_printout() -> None:
     assert "budget: $3.000000 of $10.000000 spent ($1.000000 by earlier runs); rerun with a larger --budget-usd" in text
     summary.interrupted = True
     assert summary.exit_code is ExitCode.INTERRUPTED and "run the same command again" in summary.render()
+    assert "resent" not in summary.render() and "abandoned" not in summary.render()
+    summary.resent, summary.abandoned = 2, 3
+    assert "resent: 2 requests whose adapter died went out again (each may be billed twice)" in summary.render()
+    assert "abandoned: 3 requests still open at the endpoint" in summary.render()
 
 
 def test_failures_kept_from_earlier_runs_still_fail_the_exit_code() -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 import pytest
 import ray
 
-from actors import ChatTask, InvalidTask, OpenAIAdapter, TaskStatus
+from actors import ChatTask, InvalidTask, OpenAIAdapter, TaskResult, TaskStatus
 from actors.endpoint_settings import EndpointSettings
 from drivers.cluster import start_adapters
 from drivers.fanout import Dispatcher, batch_size_for, fan_out
@@ -176,3 +179,33 @@ def test_batch_size_leaves_several_batches_per_adapter() -> None:
     assert batch_size_for(512, 2) == 64
     assert batch_size_for(40, 2) == 5
     assert batch_size_for(3, 8) == 1
+
+
+def test_an_adapter_killed_mid_run_is_restarted_and_its_work_moves(server: MockServer) -> None:
+    """kill -9 of an adapter's process: its lost batches go out again, Ray restarts it, and
+    every task ends with one successful result; what was sent twice is counted."""
+    server.configure(latency_s=0.2)
+    handles = start_adapters(2, endpoint=EndpointSettings(base_url=server.base_url, api_key="sk-x"), model="gpt-4o-mini", max_in_flight=16)
+    victim_pid = ray.get(handles[0].__ray_call__.remote(lambda _: os.getpid()))
+    dispatcher: Dispatcher[str] = Dispatcher(handles, max_in_flight=16)
+    results: list[tuple[str, TaskResult]] = []
+    for i in range(120):
+        dispatcher.send(f"t{i}", chat(f"t{i}", f"survive {i}"))
+        while not dispatcher.has_room:
+            results += dispatcher.collect(timeout=30)
+        if i == 40:
+            wait_until(lambda: len(server.requests()) >= 30)
+            os.kill(victim_pid, signal.SIGKILL)
+    dispatcher.input_done()
+    while dispatcher.in_flight:
+        results += dispatcher.collect(timeout=30)
+    try:
+        assert sorted(item for item, _ in results) == sorted(f"t{i}" for i in range(120)), "one result per task"
+        assert all(result.ok for _, result in results), [r.error for _, r in results if not r.ok][:3]
+        assert dispatcher.resent > 0
+        sent = Counter(e.body["messages"][0]["content"] for e in server.requests() if e.body)
+        assert sum(sent.values()) - 120 <= dispatcher.resent, "sent twice only what was counted"
+        assert ray.get(handles[0].__ray_call__.remote(lambda _: os.getpid())) != victim_pid, "restarted"
+    finally:
+        for handle in handles:
+            ray.kill(handle)
