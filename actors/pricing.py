@@ -24,9 +24,11 @@ _PER_TOKEN = 1e-6
 
 
 class ModelPrice(BaseModel):
-    input: float = Field(ge=0)
-    cached_input: float = Field(ge=0)
-    output: float = Field(ge=0)
+    """USD per 1M tokens; finite, since 1e999 reads as inf and no budget can hold it."""
+
+    input: float = Field(ge=0, allow_inf_nan=False)
+    cached_input: float = Field(ge=0, allow_inf_nan=False)
+    output: float = Field(ge=0, allow_inf_nan=False)
 
     def cost(self, usage: Usage) -> float:
         uncached = max(usage.prompt_tokens - usage.cached_tokens, 0)

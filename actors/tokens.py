@@ -75,7 +75,13 @@ def _content_tokens(message: dict[str, Any]) -> int:
         if isinstance(value, str):
             total += count_text(value)
         elif key == "content" and isinstance(value, list):
-            total += sum(count_text(part.get("text", "")) for part in value if isinstance(part, dict))
+            total += sum(count_text(_part_text(part)) for part in value if isinstance(part, dict))
         elif value is not None:
             total += count_text(json.dumps(value, separators=(",", ":")))
     return total
+
+
+def _part_text(part: dict[str, Any]) -> str:
+    """A content part's text; anything else in it is counted as its JSON (never a crash)."""
+    text = part.get("text", "")
+    return text if isinstance(text, str) else json.dumps(text, separators=(",", ":"))

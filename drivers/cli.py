@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -20,12 +21,15 @@ from drivers.batch import BatchOptions, run_batch
 from drivers.endpoint import EndpointFlags, parse_headers, resolve_endpoint
 from drivers.estimate import estimate_file
 from drivers.inputs import InputProblem, RequestDefaults, count_requests, read_requests
+from drivers.outputs import check_output
 from drivers.progress import ProgressBar
 from drivers.summary import ExitCode
 
 T = TypeVar("T", int, float)
 
 MOCK_API_KEY = "sk-mock-not-a-real-key"
+MAX_BUDGET_USD = 1e9
+"""Far above any batch; --budget-usd 1e300 would overflow the budget's count of picodollars."""
 EXIT_CODES = "exit codes:\n" + "\n".join(f"  {code.value:<4}{code.meaning}" for code in ExitCode)
 
 
@@ -37,11 +41,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:
+def _positive(kind: Callable[[str], T], *, at_most: float = math.inf) -> Callable[[str], T]:
+    """A number above 0 and finite: inf and nan would pass pydantic's ``gt=0`` and fail deep
+    inside the run (a budget counted in picodollars, a response cap in bytes)."""
+
     def parse(text: str) -> T:
         value = kind(text)
-        if not value > 0:  # rejects nan too
-            raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+        if not 0 < value < math.inf:  # rejects nan too
+            raise argparse.ArgumentTypeError(f"must be a finite number above 0, not {text}")
+        if value > at_most:
+            raise argparse.ArgumentTypeError(f"must be at most {at_most:g}, not {text}")
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in its error message
@@ -87,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--retry-failed", action="store_true", help="on resume, send failed requests again")
     run.add_argument(
         "--budget-usd",
-        type=_positive(float),
+        type=_positive(float, at_most=MAX_BUDGET_USD),
         default=None,
         help="never spend more than this on the output file, earlier runs included: each request reserves"
         " its worst case before it is sent; what does not fit is recorded as not run",
@@ -173,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"input file {args.input} does not exist")
     defaults = RequestDefaults(model=args.model, max_tokens=args.max_tokens)
     try:
+        _check_readable(args.input)
+        check_output(args.output, source=args.input)
         prices = PriceTable.with_overrides(args.prices).with_command_line(args.price, args.price_as)
     except ConfigError as err:
         parser.error(str(err))
@@ -216,6 +227,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress.close(summary)
     print(summary.render())
     return summary.exit_code
+
+
+def _check_readable(path: Path) -> None:
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"input file {path}: cannot read it ({err.strerror or err})") from None
 
 
 def _list_problems(path: Path, defaults: RequestDefaults) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import uuid
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from actors.errors import ConfigError
 from actors.models import TaskResult, TaskStatus
 from drivers.inputs import InputProblem, InputRequest
 
@@ -93,9 +95,22 @@ def _parse_record(raw: bytes) -> dict[str, Any] | None:
         return None  # torn by a kill mid-write
     try:
         record = json.loads(raw)
-    except ValueError:  # not JSON, or not UTF-8
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past Python's stack
         return None
-    return record if isinstance(record, dict) and "custom_id" in record else None
+    return record if _is_record(record) else None
+
+
+def _is_record(record: object) -> bool:
+    """The shape this module writes, as far as resuming reads it; any other line is corrupt."""
+    if not isinstance(record, dict) or not isinstance(record.get("custom_id"), str):
+        return False
+    error, extra = record.get("error"), record.get("rayfan") or {}
+    if not isinstance(error, (dict, type(None))) or not isinstance(extra, dict):
+        return False
+    cost = extra.get("cost_usd")
+    if cost is not None and (isinstance(cost, bool) or not isinstance(cost, (int, float)) or not 0 <= cost < math.inf):
+        return False
+    return error is None or error.get("code") != DUPLICATE or isinstance(extra.get("line"), int)
 
 
 def _should_redo(record: dict[str, Any], retry_failed: bool) -> bool:
@@ -103,11 +118,48 @@ def _should_redo(record: dict[str, Any], retry_failed: bool) -> bool:
     return error is not None and (retry_failed or error.get("code") in NOT_RUN_CODES)
 
 
+def check_output(path: Path, *, source: Path) -> None:
+    """Raise ConfigError for an output the run must not or cannot write, before anything starts.
+
+    The output is rewritten on resume and by ``--sort``: if it were the input under another
+    name (a symlink, ``./``, a hard link) the input would be lost. Creating it is tried and
+    undone at once, so a run refused later leaves no empty file behind.
+    """
+    if _same_file(path, source):
+        raise ConfigError(f"-o {path} names the input file {source}: the run would overwrite it; choose another output")
+    try:
+        if path.exists() and not path.is_file():
+            kind = "a directory" if path.is_dir() else "not a regular file"
+            raise ConfigError(f"-o {path} is {kind}: the output is a file, read back and rewritten on resume")
+        if _same_file(_staging(path), source):
+            raise ConfigError(f"-o {path} is rewritten through {_staging(path)}, which names the input file {source}; choose another output")
+        if path.exists():
+            with open(path, "ab"):
+                pass
+        else:
+            with open(path, "xb"):
+                pass
+            path.unlink()
+    except OSError as err:
+        raise ConfigError(f"-o {path}: cannot write it ({err.strerror or err})") from None
+
+
+def _same_file(one: Path, other: Path) -> bool:
+    try:
+        return os.path.samefile(one, other)
+    except OSError:  # either is missing (or unreadable), so it is not the other one
+        return False
+
+
+def _staging(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
+
+
 @contextlib.contextmanager
 def atomic_rewrite(path: Path) -> Iterator[IO[bytes]]:
     """A file that replaces ``path`` only once fully written and synced: a kill leaves the
     old file or the new one, never half of either."""
-    temporary = path.with_name(path.name + ".tmp")
+    temporary = _staging(path)
     try:
         with open(temporary, "wb") as out:
             yield out
@@ -163,14 +215,19 @@ def _synthesized_body(request: InputRequest, result: TaskResult) -> dict[str, An
 
 
 class OutputWriter:
-    """Appends one line per record and flushes it, so a kill loses at most the line being written."""
+    """Appends one line per record and flushes it, so a kill loses at most the line being written.
+
+    Lines are ASCII: every other character is a \\u escape. A raw U+2028 or U+0085 inside a
+    string is valid JSON, yet tools that split lines on them would read one record as two;
+    and a lone surrogate (from a ``\\ud800`` escape) cannot be written as UTF-8 at all.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._file: IO[str] = open(path, "a", encoding="utf-8")
+        self._file: IO[str] = open(path, "a", encoding="ascii")
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._file.write(json.dumps(record, ensure_ascii=True) + "\n")
         self._file.flush()
 
     def close(self) -> None:

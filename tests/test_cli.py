@@ -208,8 +208,99 @@ def test_no_api_key_on_the_driver_stops_the_run_before_anything_is_sent(
         ["run", str(EXAMPLES)],
     ],
 )
-def test_usage_errors_exit_1_before_anything_starts(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_usage_errors_exit_1_before_anything_starts(
+    args: list[str], capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exited:
         main(args)
     assert exited.value.code == ExitCode.USAGE == 1
     assert "error:" in capsys.readouterr().err
+
+
+def refused(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run ``args``, expect a usage error, and return its one error line."""
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    [line] = [line for line in err.splitlines() if "error:" in line]
+    return line
+
+
+@pytest.mark.parametrize(
+    ("flags", "reason"),
+    [
+        (["--budget-usd", "inf"], "finite number above 0"),
+        (["--budget-usd", "nan"], "finite number above 0"),
+        (["--budget-usd", "-0.5"], "finite number above 0"),
+        (["--budget-usd", "1e300"], "at most 1e+09"),
+        (["--timeout", "inf"], "finite number above 0"),
+        (["--max-response-mb", "Infinity"], "finite number above 0"),
+        (["--price", "my-model=1e999,1"], "finite number"),
+        (["--adapters", "0"], "finite number above 0"),
+    ],
+)
+def test_numbers_out_of_range_are_usage_errors(
+    flags: list[str], reason: str, tmp_path: Path, server: MockServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", TEST_KEY)
+    out = tmp_path / "out.jsonl"
+    assert reason in refused(["run", str(EXAMPLES), "-o", str(out), "--base-url", server.base_url, *flags], capsys)
+    assert not out.exists() and server.requests() == []
+
+
+@pytest.mark.parametrize("name", ["same", "dot", "symlink", "hard link"])
+def test_an_output_that_is_the_input_is_refused_and_the_input_kept(
+    name: str, tmp_path: Path, server: MockServer, rayfan: Callable[..., int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_lines(tmp_path / "in.jsonl", [{"custom_id": "a", "prompt": "keep me"}])
+    before = source.read_bytes()
+    out = {"same": source, "dot": tmp_path / "." / "sub" / ".." / "in.jsonl", "symlink": tmp_path / "link", "hard link": tmp_path / "hard"}[name]
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link").symlink_to(source)
+    (tmp_path / "hard").hardlink_to(source)
+    with pytest.raises(SystemExit) as exited:
+        rayfan(out=out)
+    assert exited.value.code == ExitCode.USAGE
+    assert "names the input file" in capsys.readouterr().err
+    assert source.read_bytes() == before and server.requests() == []
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("output", ["/proc/rayfan-out.jsonl", "no-such-dir/out.jsonl", "a-directory", "/dev/null"])
+def test_an_output_that_cannot_be_written_is_refused_before_ray_starts(
+    output: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: MockServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OPENAI_API_KEY", TEST_KEY)
+    (tmp_path / "a-directory").mkdir()
+    assert f"-o {output}" in refused(["run", str(EXAMPLES), "-o", output, "--base-url", server.base_url], capsys)
+    assert server.requests() == [] and sorted(path.name for path in tmp_path.iterdir()) == ["a-directory"]
+
+
+def test_hostile_lines_become_records_and_the_rerun_resumes(tmp_path: Path, server: MockServer, rayfan: Callable[..., int]) -> None:
+    """The lines that used to crash every run (or be sent repaired) are records; the output is ASCII."""
+    source = tmp_path / "in.jsonl"
+    lines = [
+        b'\xef\xbb\xbf{"custom_id": "bom", "prompt": "first line, after a BOM"}',
+        b"[" * 2000 + b"]" * 2000,
+        b'{"custom_id": "latin1", "prompt": "caf\xe9"}',
+        b'{"custom_id": "nan", "prompt": "x", "temperature": NaN}',
+        '{"custom_id": "sep\u2028", "prompt": "one\u2028line"}'.encode(),
+    ]
+    source.write_bytes(b"\n".join(lines) + b"\n")
+    out = tmp_path / "out.jsonl"
+    assert rayfan() == ExitCode.SOME_FAILED
+    written = out.read_bytes()
+    assert written.isascii() and len(written.decode().splitlines()) == 5
+    by_line = {r["rayfan"]["line"]: r for r in read_records(out)}
+    assert {line: (r["error"] or {}).get("code") for line, r in by_line.items()} == {
+        1: None, 2: "too_deep", 3: "invalid_utf8", 4: "invalid_json", 5: None,
+    }  # fmt: skip
+    assert by_line[5]["custom_id"] == "sep\u2028"
+    assert sorted(prompts_sent(server)) == ["first line, after a BOM", "one\u2028line"], "nothing repaired is sent"
+
+    assert rayfan() == ExitCode.SOME_FAILED, "the re-run does not crash at the same spot: it resumes"
+    assert out.read_bytes() == written and len(server.requests()) == 2

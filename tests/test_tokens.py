@@ -26,3 +26,9 @@ def test_reservation_is_prompt_plus_output_cap() -> None:
     assert tokens.output_allowance(uncapped) == tokens.DEFAULT_OUTPUT_ALLOWANCE
     embedding = parse_task({"kind": "embeddings", "custom_id": "e", "input": ["hello world", "hello"]})
     assert tokens.reservation(embedding) == 3
+
+
+def test_a_content_part_whose_text_is_not_a_string_is_counted_not_a_crash() -> None:
+    odd = parse_task({"custom_id": "o", "messages": [{"role": "user", "content": [{"type": "text", "text": ["a", "b"]}]}]})
+    plain = parse_task({"custom_id": "p", "messages": [{"role": "user", "content": [{"type": "text", "text": '["a","b"]'}]}]})
+    assert tokens.prompt_tokens(odd) == tokens.prompt_tokens(plain) > 0
