@@ -31,6 +31,11 @@ from actors.task_table import TaskTable
 
 TaskInput = Any  # a task model or a dict that validates as one (see actors.models.parse_task)
 MAX_CONCURRENCY = 4096  # calls one actor serves at once: in-flight run()/get_result() waits
+RESULTS_GATHERED_FOR_S = 0.1
+"""After a result of a batch, how long ``stream_batch`` gathers others before it yields:
+each yield is a Ray object, and at 20 ms an adapter's CPU per request in bench scene b
+was 0.75 ms against 0.58 at 100 ms. A result waits at most this long, so a driver killed
+with ``kill -9`` re-sends at most what finished in the last tenth of a second."""
 
 
 class AdapterInfo(BaseModel):
@@ -135,20 +140,33 @@ class Adapter:
         return await self.get_result(await self.submit_task(task))
 
     async def run_batch(self, tasks: list[TaskInput], tag: int | None = None) -> list[TaskResult]:
-        """Run several tasks concurrently and return their results in order: one actor call
-        (and one ObjectRef) for many requests, since a call costs far more CPU than a request.
+        """Run several tasks concurrently and return their results in order."""
+        results: dict[int, TaskResult] = {}
+        async for finished in self.stream_batch(tasks, tag):
+            results.update(finished)
+        return [results[position] for position in range(len(tasks))]
+
+    async def stream_batch(self, tasks: list[TaskInput], tag: int | None = None) -> AsyncIterator[list[tuple[int, TaskResult]]]:
+        """Run several tasks concurrently and yield ``(position, result)`` pairs as they
+        finish, those that finish together in one item: one actor call for many requests
+        (a call costs far more CPU than a request), yet no result waits for a slow
+        neighbour, so a driver can write each at once. Through Ray, a streaming generator.
         A ``tag`` lets ``hand_back_waiting`` name the batch's tasks."""
         prepared = [self._prepare(task) for task in tasks]  # all valid, or none is sent
         started = [self._table.start(task) for task in prepared]
         if tag is not None:
             self._batch_positions.update({task_id: (tag, position) for position, (task_id, _) in enumerate(started)})
+        waiting = {record.runner: (position, task_id) for position, (task_id, record) in enumerate(started) if record.runner}
         try:
-            await asyncio.wait([record.runner for _, record in started if record.runner])
+            while waiting:
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(waiting, timeout=RESULTS_GATHERED_FOR_S)  # at once if all are done
+                finished = [waiting.pop(runner) for runner in done]
+                yield [(position, self._table.collect(task_id)) for position, task_id in sorted(finished)]
         finally:
             if tag is not None:
                 for task_id, _ in started:
                     self._batch_positions.pop(task_id, None)
-        return [self._table.collect(task_id) for task_id, _ in started]
 
     async def stats(self) -> AdapterStats:
         return self._executor.stats.model_copy()

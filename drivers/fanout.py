@@ -2,10 +2,12 @@
 
 At most ``max_in_flight`` requests are open at once; ``ray.wait`` hands back whichever
 finish first, so results stream out in completion order and memory stays flat however
-long the input is. Tasks travel in small batches (one actor call, one ObjectRef for several
-requests) because an actor call costs more CPU than the HTTP request it carries; a batch
-is sent when full or as soon as the dispatcher waits, so nothing sits in a buffer while
-the window has room.
+long the input is. Tasks travel in small batches (one actor call for several requests)
+because an actor call costs more CPU than the HTTP request it carries; a batch is sent
+when full or as soon as the dispatcher waits, so nothing sits in a buffer while the window
+has room. Results come back per request, not per batch (``Adapter.stream_batch``, a Ray
+streaming generator): one slow request holds back no finished neighbour, and a driver
+killed with ``kill -9`` has written every result that reached it.
 
 An adapter that dies (its process killed, its node lost) loses the batches it held: their
 tasks go out again, at once, to the adapters still up, and the dead one gets nothing until
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import ray
+from ray import ObjectRefGenerator
 from ray.actor import ActorHandle
 from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
@@ -60,6 +63,10 @@ class _Batch(Generic[Item]):
     adapter: int
     entries: list[tuple[Item, Any]]
     moved: set[int] = field(default_factory=set)  # positions handed back and sent elsewhere
+    done: set[int] = field(default_factory=set)  # positions whose result came back
+
+    def open_positions(self) -> list[int]:
+        return [position for position in range(len(self.entries)) if position not in self.done]
 
 
 class Dispatcher(Generic[Item]):
@@ -71,7 +78,7 @@ class Dispatcher(Generic[Item]):
         self._adapters = list(adapters)
         self._busy = [0] * len(adapters)
         self._buffer: list[tuple[Item, Any]] = []
-        self._pending: dict[ray.ObjectRef, _Batch[Item]] = {}
+        self._pending: dict[ObjectRefGenerator, _Batch[Item]] = {}  # one result stream per batch
         self._by_tag: dict[int, _Batch[Item]] = {}
         self._tags = itertools.count()
         self._in_flight = 0
@@ -120,8 +127,8 @@ class Dispatcher(Generic[Item]):
         if not ready:
             return []
         ready, _ = ray.wait(list(self._pending), num_returns=len(self._pending), timeout=0)
-        for ref, value in zip(ready, get_each(ready)):
-            finished.extend(self._finish(ref, value))
+        for stream in ready:
+            finished.extend(self._take(stream))
         return finished
 
     def cancel_waiting(self) -> None:
@@ -166,33 +173,58 @@ class Dispatcher(Generic[Item]):
         self._busy[index] += len(entries)
         batch = _Batch(next(self._tags), index, entries)
         self._by_tag[batch.tag] = batch
-        self._pending[self._adapters[index].run_batch.remote([task for _, task in entries], batch.tag)] = batch
+        self._pending[self._adapters[index].stream_batch.remote([task for _, task in entries], batch.tag)] = batch
         return []
 
-    def _finish(self, ref: ray.ObjectRef, value: list[TaskResult] | BaseException) -> list[tuple[Item, TaskResult]]:
-        batch = self._pending.pop(ref)
-        del self._by_tag[batch.tag]
-        self._busy[batch.adapter] -= len(batch.entries)
-        self._handing_back.discard(batch.adapter)
-        if isinstance(value, RayActorError):
-            return self._lost(batch, value)
+    def _take(self, stream: ObjectRefGenerator) -> list[tuple[Item, TaskResult]]:
+        """The next results of a batch's stream (ready, so this does not block)."""
+        batch = self._pending[stream]
+        try:
+            value = get_each([next(stream)])[0]
+        except StopIteration:
+            return self._close(stream, None)
         if isinstance(value, BaseException):
-            value = [_lost_result(task, value) for _, task in batch.entries]
-        finished = [(item, result) for position, ((item, _), result) in enumerate(zip(batch.entries, value)) if position not in batch.moved]
-        if self._losses:
-            for position, (_, task) in enumerate(batch.entries):
-                if position not in batch.moved:
-                    self._losses.pop(id(task), None)
+            return self._close(stream, value)
+        finished: list[tuple[Item, TaskResult]] = []
+        for position, result in value:
+            batch.done.add(position)
+            self._busy[batch.adapter] -= 1
+            if position in batch.moved:
+                continue
+            item, task = batch.entries[position]
+            self._losses.pop(id(task), None)
+            finished.append((item, result))
         self._in_flight -= len(finished)
+        if len(batch.done) == len(batch.entries):
+            finished += self._close(stream, None)
         return finished
 
-    def _lost(self, batch: _Batch[Item], error: RayActorError) -> list[tuple[Item, TaskResult]]:
-        """The adapter died holding ``batch``: its tasks go out again (after Ctrl-C they are
-        dropped unsent, like the buffer), and the adapter is probed before it gets more."""
+    def _close(self, stream: ObjectRefGenerator, error: BaseException | None) -> list[tuple[Item, TaskResult]]:
+        """The batch's stream is over: complete, or cut by ``error``, which the positions
+        still open share (an adapter that died: they go out again)."""
+        batch = self._pending.pop(stream)
+        del self._by_tag[batch.tag]
+        self._handing_back.discard(batch.adapter)
+        open_positions = batch.open_positions()
+        self._busy[batch.adapter] -= len(open_positions)
+        if not open_positions:
+            return []
+        if isinstance(error, RayActorError):
+            return self._lost(batch, open_positions, error)
+        cause = error or RuntimeError("the adapter's result stream ended early")
+        lost = [batch.entries[position] for position in open_positions if position not in batch.moved]
+        self._in_flight -= len(lost)
+        return [(item, _lost_result(task, cause)) for item, task in lost]
+
+    def _lost(self, batch: _Batch[Item], open_positions: list[int], error: RayActorError) -> list[tuple[Item, TaskResult]]:
+        """The adapter died holding these positions of ``batch``: their tasks go out again
+        (after Ctrl-C they are dropped unsent, like the buffer), and the adapter is probed
+        before it gets more."""
         if batch.adapter not in self._dead and batch.adapter not in self._probes:
             self._probes[batch.adapter] = self._adapters[batch.adapter].status.remote()
         given_up: list[tuple[Item, TaskResult]] = []
-        for position, (item, task) in enumerate(batch.entries):
+        for position in open_positions:
+            item, task = batch.entries[position]
             if position in batch.moved:
                 continue
             losses = self._losses.get(id(task), 0) + 1
@@ -224,7 +256,7 @@ class Dispatcher(Generic[Item]):
             elif isinstance(reply, BaseException):
                 self._probes[index] = self._adapters[index].status.remote()  # still restarting: ask again
             else:
-                self._busy[index] = sum(len(b.entries) for b in self._pending.values() if b.adapter == index)
+                self._busy[index] = sum(len(b.open_positions()) for b in self._pending.values() if b.adapter == index)
 
 
 def adapter_limits(adapters: Sequence[ActorHandle]) -> list[int]:

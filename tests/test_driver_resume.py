@@ -116,6 +116,8 @@ def test_kill_9_mid_run_then_resume_gives_one_record_per_input_and_resends_no_su
     assert {key: sent[prompts[key]] for key in done_before} == {key: 1 for key in done_before}, (
         "a request whose success was recorded before the kill was never sent again"
     )
+    paid_twice = sum(count > 1 for count in sent.values())
+    assert paid_twice <= 2 * 4, "at most the 4 open at the endpoint, plus what finished in the last 0.1 s (4 per 0.1 s here)"
 
 
 def test_ctrl_c_writes_what_was_in_flight_and_exits_130_with_how_to_resume(

@@ -209,3 +209,19 @@ def test_an_adapter_killed_mid_run_is_restarted_and_its_work_moves(server: MockS
     finally:
         for handle in handles:
             ray.kill(handle)
+
+
+def test_results_come_back_per_request_not_per_batch(server: MockServer) -> None:
+    """A request that hangs holds back none of the finished ones in its batch."""
+    handles = adapters(server, 1)
+    dispatcher: Dispatcher[str] = Dispatcher(handles, max_in_flight=10, batch_size=4)
+    dispatcher.send("slow", chat("slow", "wait [[mock hang]]"))
+    for i in range(3):
+        dispatcher.send(f"quick{i}", chat(f"quick{i}", f"answer {i}"))
+    results: list[tuple[str, TaskResult]] = []
+    while len(results) < 3:
+        results += dispatcher.collect(timeout=30)
+    assert sorted(item for item, _ in results) == ["quick0", "quick1", "quick2"] and all(r.ok for _, r in results)
+    assert dispatcher.in_flight == 1, "the slow one is still out"
+    dispatcher.cancel_waiting()
+    ray.kill(handles[0])
