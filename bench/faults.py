@@ -25,8 +25,8 @@ Per scenario one row: requests, records, records per input (inputs with exactly 
 / N; duplicates and missing are counted), failed records, prompts answered "ok" more than
 once by the endpoint (billed twice), retries per request (from ``rayfan.attempts``), the
 driver's ``resent`` count, requests the endpoint received after a driver kill and before
-the next start ("orphan": sent by the dead driver's adapters), kills done, and wall / baseline wall. ``tests/test_faults.py``
-calls the same functions with small N.
+the next start ("orphan": sent by the dead driver's adapters), kills done, and wall /
+baseline wall. The scenario functions take N, for a smaller run.
 """
 
 from __future__ import annotations
