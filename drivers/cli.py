@@ -196,7 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         flags = _endpoint_flags(args)
         resolved = None if args.mock else resolve_endpoint(flags)  # before Ray starts
-        parse_headers(flags.headers)
+        if args.mock:
+            parse_headers(flags.headers)  # the mock's settings are resolved once it runs: check what can fail now
     except ConfigError as err:
         parser.error(str(err))
     show_progress = sys.stderr.isatty() if args.progress is None else args.progress

@@ -127,8 +127,14 @@ class Dispatcher(Generic[Item]):
         if not ready:
             return []
         ready, _ = ray.wait(list(self._pending), num_returns=len(self._pending), timeout=0)
+        nexts: list[tuple[ObjectRefGenerator, ray.ObjectRef]] = []
         for stream in ready:
-            finished.extend(self._take(stream))
+            try:
+                nexts.append((stream, next(stream)))
+            except StopIteration:
+                finished.extend(self._close(stream, None))
+        for (stream, _), value in zip(nexts, get_each([ref for _, ref in nexts])):  # one round trip for all
+            finished.extend(self._take(stream, value))
         return finished
 
     def cancel_waiting(self) -> None:
@@ -176,13 +182,9 @@ class Dispatcher(Generic[Item]):
         self._pending[self._adapters[index].stream_batch.remote([task for _, task in entries], batch.tag)] = batch
         return []
 
-    def _take(self, stream: ObjectRefGenerator) -> list[tuple[Item, TaskResult]]:
-        """The next results of a batch's stream (ready, so this does not block)."""
+    def _take(self, stream: ObjectRefGenerator, value: list[tuple[int, TaskResult]] | BaseException) -> list[tuple[Item, TaskResult]]:
+        """One item of a batch's stream: the results that finished together, or the error that cut it."""
         batch = self._pending[stream]
-        try:
-            value = get_each([next(stream)])[0]
-        except StopIteration:
-            return self._close(stream, None)
         if isinstance(value, BaseException):
             return self._close(stream, value)
         finished: list[tuple[Item, TaskResult]] = []

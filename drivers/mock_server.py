@@ -47,13 +47,13 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, NoReturn
 
 import pydantic
 from aiohttp import web
 
 from actors.process_gc import tune_for_many_open_requests
+from drivers.loop_thread import LoopThread
 
 try:
     from uvloop import new_event_loop
@@ -614,8 +614,11 @@ _render_embeddings = _render_json(lambda body, job, _n: _embedding_list(body, jo
 # --- the server -----------------------------------------------------------------------------
 
 
-class MockServer:
+class MockServer(LoopThread):
     """Runs the app on its own event loop in a daemon thread so sync code (pytest fixtures, the CLI) can use it."""
+
+    _name = "rayfan-mock-server"
+    _new_loop = staticmethod(new_event_loop)
 
     def __init__(
         self,
@@ -628,9 +631,10 @@ class MockServer:
     ) -> None:
         """``ssl_context`` serves HTTPS; ``public_host`` names the host in ``base_url`` (e.g. one
         only a test proxy resolves) while the server still binds ``host``."""
+        super().__init__()
         self.config = config or MockConfig()
         self._host = host
-        self._port = port
+        self.port = port
         self._ssl_context = ssl_context
         self._public_host = public_host
         self._lock = threading.Lock()  # guards the log, fault counters and rate buckets
@@ -641,51 +645,15 @@ class MockServer:
         self._answering = 0
         self._peak_answering = 0
         self._runner: web.AppRunner | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
 
-    # -- lifecycle
+    # -- lifecycle (start/stop/with from LoopThread)
 
     @property
     def base_url(self) -> str:
         if self._runner is None:
             raise RuntimeError("MockServer is not started")
         scheme = "https" if self._ssl_context is not None else "http"
-        return f"{scheme}://{self._public_host or self._host}:{self._port}/v1"
-
-    def start(self) -> MockServer:
-        if self._thread is not None:
-            raise RuntimeError("MockServer is already started")
-        self._loop = new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="rayfan-mock-server", daemon=True)
-        self._thread.start()
-        try:
-            asyncio.run_coroutine_threadsafe(self._open(), self._loop).result()
-        except BaseException:
-            self._stop_loop()
-            raise
-        return self
-
-    def stop(self) -> None:
-        if self._loop is None:
-            return
-        asyncio.run_coroutine_threadsafe(self._close(), self._loop).result()
-        self._stop_loop()
-
-    def __enter__(self) -> MockServer:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def _stop_loop(self) -> None:
-        assert self._loop is not None and self._thread is not None
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
-        self._loop = self._thread = None
+        return f"{scheme}://{self._public_host or self._host}:{self.port}/v1"
 
     async def _open(self) -> None:
         """Bind and listen on the current loop (the thread's, or the CLI's main loop)."""
@@ -699,13 +667,13 @@ class MockServer:
         await runner.setup()
         # A deep accept queue, as real endpoints have: at aiohttp's default of 128, a batch
         # opening thousands of connections at once loses SYNs and waits a second to resend them.
-        site = web.TCPSite(runner, self._host, self._port, backlog=_ACCEPT_BACKLOG, ssl_context=self._ssl_context)
+        site = web.TCPSite(runner, self._host, self.port, backlog=_ACCEPT_BACKLOG, ssl_context=self._ssl_context)
         try:
             await site.start()
         except BaseException:
             await runner.cleanup()
             raise
-        self._port = runner.addresses[0][1]
+        self.port = runner.addresses[0][1]
         self._runner = runner
 
     async def _close(self) -> None:

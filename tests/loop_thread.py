@@ -1,8 +1,5 @@
-"""A base for the test servers: an asyncio loop in a daemon thread, so sync tests and fixtures can use them.
-
-Like ``drivers.mock_server.MockServer``: ``start()`` binds before it returns (so ``port`` is
-known), ``stop()`` closes every connection and task before the loop is closed, so no
-transport is left for the garbage collector to warn about (pytest runs with ``-W error``).
+"""Raw asyncio-streams test servers on ``drivers.loop_thread.LoopThread``: their connections
+and handlers are closed on stop, so pytest's ``-W error`` finds no transport left behind.
 """
 
 from __future__ import annotations
@@ -10,14 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable, Coroutine
-from types import TracebackType
-from typing import Any, TypeVar
+from collections.abc import Callable
 
-T = TypeVar("T")
-S = TypeVar("S", bound="LoopThread")
+from drivers.loop_thread import LoopThread
 
-__all__ = ["LoopThread", "StreamServer", "close_writer"]
+__all__ = ["StreamServer", "close_writer"]
 
 
 async def close_writer(writer: asyncio.StreamWriter) -> None:
@@ -25,65 +19,6 @@ async def close_writer(writer: asyncio.StreamWriter) -> None:
     writer.close()
     with contextlib.suppress(Exception):
         await writer.wait_closed()
-
-
-class LoopThread:
-    """Subclasses implement ``_open`` (bind, set ``self.port``) and ``_close`` on the thread's loop."""
-
-    _name = "rayfan-test-server"
-
-    def __init__(self) -> None:
-        self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self: S) -> S:
-        if self._thread is not None:
-            raise RuntimeError(f"{type(self).__name__} is already started")
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name=self._name, daemon=True)
-        self._thread.start()
-        try:
-            self.call(self._open)
-        except BaseException:
-            self._stop_loop()
-            raise
-        return self
-
-    def stop(self) -> None:
-        if self._loop is None:
-            return
-        try:
-            self.call(self._close)
-        finally:
-            self._stop_loop()
-
-    def call(self, fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        """Run ``fn()`` on the server's loop and wait for its result (from any other thread)."""
-        if self._loop is None:
-            raise RuntimeError(f"{type(self).__name__} is not started")
-        return asyncio.run_coroutine_threadsafe(fn(), self._loop).result()
-
-    def __enter__(self: S) -> S:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    async def _open(self) -> None:
-        raise NotImplementedError
-
-    async def _close(self) -> None:
-        raise NotImplementedError
-
-    def _stop_loop(self) -> None:
-        assert self._loop is not None and self._thread is not None
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
-        self._loop = self._thread = None
 
 
 class StreamServer(LoopThread):

@@ -30,7 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.loop_thread import LoopThread
+from drivers.loop_thread import LoopThread
 
 __all__ = ["RecordedRequest", "RecordingServer"]
 
