@@ -7,15 +7,18 @@ garbage collector to warn about.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
 
+from aiohttp import web
+
 T = TypeVar("T")
 S = TypeVar("S", bound="LoopThread")
 
-__all__ = ["LoopThread"]
+__all__ = ["AppThread", "LoopThread"]
 
 
 class LoopThread:
@@ -76,3 +79,36 @@ class LoopThread:
         self._thread.join()
         self._loop.close()
         self._loop = self._thread = None
+
+
+class AppThread(LoopThread):
+    """An aiohttp app served from a ``LoopThread``: subclasses build it in ``_app``."""
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, ssl_context: ssl.SSLContext | None = None) -> None:
+        super().__init__()
+        self.port = port
+        self._host = host
+        self._ssl_context = ssl_context
+        self._runner: web.AppRunner | None = None
+
+    def _app(self) -> web.Application:
+        raise NotImplementedError
+
+    async def _open(self, *, backlog: int = 128, handler_cancellation: bool = False) -> None:
+        """Bind and listen on the current loop (the thread's, or a caller's own); ``shutdown_timeout``
+        is short so that ``stop`` cancels handlers still waiting (a scripted hang) at once."""
+        runner = web.AppRunner(self._app(), handler_cancellation=handler_cancellation, access_log=None, shutdown_timeout=0.1)
+        await runner.setup()
+        site = web.TCPSite(runner, self._host, self.port, backlog=backlog, ssl_context=self._ssl_context)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self.port = runner.addresses[0][1]
+        self._runner = runner
+
+    async def _close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

@@ -53,7 +53,7 @@ import pydantic
 from aiohttp import web
 
 from actors.process_gc import tune_for_many_open_requests
-from drivers.loop_thread import LoopThread
+from drivers.loop_thread import AppThread
 
 try:
     from uvloop import new_event_loop
@@ -69,7 +69,6 @@ LOG_LIMIT = 10_000
 
 _EPS = 1e-9  # float drift: a bucket this close to enough counts as enough
 _ACCEPT_BACKLOG = 4096
-_SHUTDOWN_TIMEOUT_S = 0.1  # stop() cancels in-flight handlers (e.g. hangs) after ~2x this
 _EMBEDDING_DIM = 8
 _REPLY_PROMPT_WORDS = 8
 _REPLY_TAIL = "This is a deterministic answer from the rayfan mock server.".split()
@@ -614,7 +613,7 @@ _render_embeddings = _render_json(lambda body, job, _n: _embedding_list(body, jo
 # --- the server -----------------------------------------------------------------------------
 
 
-class MockServer(LoopThread):
+class MockServer(AppThread):
     """Runs the app on its own event loop in a daemon thread so sync code (pytest fixtures, the CLI) can use it."""
 
     _name = "rayfan-mock-server"
@@ -631,11 +630,8 @@ class MockServer(LoopThread):
     ) -> None:
         """``ssl_context`` serves HTTPS; ``public_host`` names the host in ``base_url`` (e.g. one
         only a test proxy resolves) while the server still binds ``host``."""
-        super().__init__()
+        super().__init__(host=host, port=port, ssl_context=ssl_context)
         self.config = config or MockConfig()
-        self._host = host
-        self.port = port
-        self._ssl_context = ssl_context
         self._public_host = public_host
         self._lock = threading.Lock()  # guards the log, fault counters and rate buckets
         self._log: deque[_Entry] = deque(maxlen=LOG_LIMIT)
@@ -644,7 +640,6 @@ class MockServer(LoopThread):
         self._ids = itertools.count(1)
         self._answering = 0
         self._peak_answering = 0
-        self._runner: web.AppRunner | None = None
 
     # -- lifecycle (start/stop/with from LoopThread)
 
@@ -655,31 +650,20 @@ class MockServer(LoopThread):
         scheme = "https" if self._ssl_context is not None else "http"
         return f"{scheme}://{self._public_host or self._host}:{self.port}/v1"
 
-    async def _open(self) -> None:
-        """Bind and listen on the current loop (the thread's, or the CLI's main loop)."""
+    def _app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/responses", self._responses)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
-        # handler_cancellation: a client disconnect cancels its handler, so waits end and are logged.
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
-        await runner.setup()
-        # A deep accept queue, as real endpoints have: at aiohttp's default of 128, a batch
-        # opening thousands of connections at once loses SYNs and waits a second to resend them.
-        site = web.TCPSite(runner, self._host, self.port, backlog=_ACCEPT_BACKLOG, ssl_context=self._ssl_context)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self.port = runner.addresses[0][1]
-        self._runner = runner
+        return app
 
-    async def _close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+    async def _open(self, *, backlog: int = _ACCEPT_BACKLOG, handler_cancellation: bool = True) -> None:
+        """A deep accept queue, as real endpoints have: at aiohttp's default of 128, a batch
+        opening thousands of connections at once loses SYNs and waits a second to resend
+        them. Handler cancellation: a client disconnect cancels its handler, so waits end
+        and are logged."""
+        await super()._open(backlog=backlog, handler_cancellation=handler_cancellation)
 
     # -- test-facing state
 

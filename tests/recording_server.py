@@ -30,14 +30,13 @@ from typing import Any
 
 from aiohttp import web
 
-from drivers.loop_thread import LoopThread
+from drivers.loop_thread import AppThread
 
 __all__ = ["RecordedRequest", "RecordingServer"]
 
 Body = dict[str, Any]
 
 _EMBEDDING_DIM = 8
-_SHUTDOWN_TIMEOUT_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ class RecordedRequest:
         return json.loads(self.body)
 
 
-class RecordingServer(LoopThread):
+class RecordingServer(AppThread):
     """Runs on its own loop in a daemon thread; ``start()``/``stop()`` or ``with RecordingServer() as server``."""
 
     _name = "rayfan-test-recording-server"
@@ -70,10 +69,8 @@ class RecordingServer(LoopThread):
     def __init__(self, *, ssl_context: ssl.SSLContext | None = None, public_host: str | None = None) -> None:
         """``public_host`` names the host in ``base_url`` (e.g. one only the test proxy resolves);
         the server always binds 127.0.0.1."""
-        super().__init__()
-        self._ssl_context = ssl_context
+        super().__init__(ssl_context=ssl_context)
         self._public_host = public_host
-        self._runner: web.AppRunner | None = None
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -102,24 +99,10 @@ class RecordingServer(LoopThread):
         with self._lock:
             self._requests.clear()
 
-    async def _open(self) -> None:
+    def _app(self) -> web.Application:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self._ssl_context)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self.port = runner.addresses[0][1]
-        self._runner = runner
-
-    async def _close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        return app
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
