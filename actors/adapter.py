@@ -42,6 +42,7 @@ class AdapterInfo(BaseModel):
     name: str
     model: str
     endpoint: str
+    received: int  # tasks ever submitted
     in_flight: int  # submitted and not finished: running, or waiting for a slot
     running: int
     max_in_flight: int
@@ -176,6 +177,7 @@ class Adapter:
             name=self.name,
             model=self.model,
             endpoint=self.endpoint,
+            received=self._table.received,
             in_flight=self._table.in_flight,
             running=self._table.running,
             max_in_flight=self._executor.max_in_flight,

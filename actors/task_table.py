@@ -9,7 +9,6 @@ without a timer per task.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection
@@ -52,12 +51,14 @@ class TaskTable:
         # finished, not yet collected: id -> eviction time, in finish order. An OrderedDict,
         # because a plain dict drained from the front scans its deleted slots on every look.
         self._uncollected: OrderedDict[str, float] = OrderedDict()
-        self._ids = itertools.count()
+        self.received = 0
+        """Tasks ever started here: with ``in_flight``, how many have finished."""
 
     def start(self, task: AnyTask) -> tuple[str, TaskRecord]:
         """Register ``task`` and start running it; its id and record."""
         self._evict_expired()
-        task_id = f"{self._prefix}-{next(self._ids)}"
+        task_id = f"{self._prefix}-{self.received}"
+        self.received += 1
         record = TaskRecord(task=task, deltas=asyncio.Queue() if getattr(task, "stream", False) else None)
         self._records[task_id] = record
         record.runner = asyncio.create_task(self._execute(record), name=task_id)
