@@ -33,6 +33,11 @@ def _check_limit(capacity: float, refill_per_s: float) -> None:
         raise ValueError(f"limits must be positive, got {capacity=} {refill_per_s=}")
 
 
+def _check_burst(burst_s: float) -> None:
+    if not 0 < burst_s <= 60:
+        raise ValueError(f"burst_s must be in (0, 60], got {burst_s}")
+
+
 def _check_amounts(*amounts: float) -> None:
     if any(a < 0 for a in amounts):
         raise ValueError(f"amounts must be non-negative, got {amounts}")
@@ -137,10 +142,13 @@ class RateBudget:
     ``full=False`` starts with nothing to give, for a budget that cannot know what was
     spent just before it existed (a restarted coordinator, a fallback share).
 
-    ``headroom_s`` holds the buckets that many seconds of refill below a full minute. A
-    server starts refilling only when our first request reaches it, up to a round trip
-    after we granted it; after a spell at capacity a full-minute bucket of ours would be
-    ahead of the server's by that much, and the burst that follows would be rejected.
+    ``burst_s`` is the window the server enforces its per-minute limits over: a bucket
+    holds that much of the limit (60: a minute's burst at once; 1: OpenAI's per-second
+    slices) and refills at the limit either way. ``headroom_s`` holds the buckets that many
+    seconds of refill below that window (never below half of it). A server starts
+    refilling only when our first request reaches it, up to a round trip after we granted
+    it; after a spell at capacity a full bucket of ours would be ahead of the server's by
+    that much, and the burst that follows would be rejected.
     """
 
     def __init__(
@@ -152,12 +160,15 @@ class RateBudget:
         loop: asyncio.AbstractEventLoop | None = None,
         full: bool = True,
         headroom_s: float = 0.0,
+        burst_s: float = 60.0,
     ) -> None:
         if not 0 <= headroom_s < 60:
             raise ValueError(f"headroom_s must be in [0, 60), got {headroom_s}")
+        _check_burst(burst_s)
         self._clock = clock
         self._loop = loop
         self._headroom_s = headroom_s
+        self._burst_s = burst_s
         self._rpm = self._new_bucket(rpm, full)
         self._tpm = self._new_bucket(tpm, full)
         self._queue: deque[_Waiter] = deque()
@@ -177,7 +188,9 @@ class RateBudget:
         return TokenBucket(self._capacity(per_minute), per_minute / 60.0, clock=self._clock, full=full)
 
     def _capacity(self, per_minute: float) -> float:
-        return per_minute * (60.0 - self._headroom_s) / 60.0
+        """``burst_s`` of the limit less the headroom, but at least half of it and one unit."""
+        window = max(self._burst_s - self._headroom_s, self._burst_s / 2)
+        return max(1.0, per_minute * window / 60.0)
 
     # -- granting ---------------------------------------------------------------------
 
@@ -280,6 +293,19 @@ class RateBudget:
             self._tpm = self._updated(self._tpm, tpm)
         self._dispatch()
 
+    @property
+    def burst_s(self) -> float:
+        return self._burst_s
+
+    def set_burst_s(self, burst_s: float) -> None:
+        """Adopt a newly learned enforcement window; each bucket keeps its available fraction."""
+        _check_burst(burst_s)
+        self._burst_s = burst_s
+        for bucket in (self._rpm, self._tpm):
+            if bucket is not None:
+                bucket.set_limit(self._capacity(bucket.refill_per_s * 60), bucket.refill_per_s)
+        self._dispatch()
+
     def _updated(self, bucket: TokenBucket | None, per_minute: float) -> TokenBucket | None:
         if bucket is None:
             return self._new_bucket(per_minute)
@@ -308,6 +334,7 @@ class RateBudget:
         return {
             "rpm": self._rpm.refill_per_s * 60 if self._rpm else None,
             "tpm": self._tpm.refill_per_s * 60 if self._tpm else None,
+            "burst_s": self._burst_s,
             "requests_available": self._rpm.level() if self._rpm else None,
             "tokens_available": self._tpm.level() if self._tpm else None,
             "queued": len(self._queue),

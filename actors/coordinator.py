@@ -11,7 +11,10 @@ coordinator is called far less than once per request; what they have to say (cap
 returned, usage, ``x-ratelimit-*`` headers) rides along with the next lease. From that it
 learns limits nobody gave it, tightens its bucket when the server has less left than it
 thought, pauses the whole scope for the server's retry-after after any 429, and stops the
-scope on ``insufficient_quota``. Capacity leased but never reported back counts as spent,
+scope on ``insufficient_quota``. It also learns the window the server enforces its limits
+over (a minute's burst at once, or the limit metered per second): from remaining + reset
+in the headers, or, when a 429 arrives although the headers said there was room, by
+halving the burst; the bucket holds that window and leases are small beside it. Capacity leased but never reported back counts as spent,
 so a lost adapter can only make the scope slower, never faster than its limit.
 """
 
@@ -31,6 +34,7 @@ from ray.actor import ActorHandle
 from actors.bucket import Clock, RateBudget
 from actors.errors import ScopeStopped
 from actors.limits import (
+    MIN_BURST_S,
     CoordinatorSnapshot,
     Lease,
     LeasePolicy,
@@ -55,6 +59,10 @@ SEEN_REPORTS = 256
 """Report numbers remembered per adapter; a re-sent report is always far more recent."""
 RATE_WINDOW_S = 60.0
 """Current rates in the snapshot are over this window."""
+BURST_CHANGE = 0.1
+"""A learned window this close (relative) to the one in force changes nothing: headers jitter."""
+SHRINK_SETTLE_S = 5.0
+"""After halving the burst, 429s of requests granted before it are not a reason to halve again."""
 MAX_CONCURRENCY = 10_000
 """Calls one coordinator serves at once: each adapter parks one watch and one lease."""
 
@@ -97,8 +105,15 @@ class Coordinator:
         self._restarted = restarted
         # A restarted coordinator cannot know what was spent just before: it starts empty.
         self._budget = RateBudget(
-            rpm=self._given.rpm, tpm=self._given.tpm, clock=clock, full=not restarted, headroom_s=self._policy.headroom_s
+            rpm=self._given.rpm,
+            tpm=self._given.tpm,
+            clock=clock,
+            full=not restarted,
+            headroom_s=self._policy.headroom_s,
+            burst_s=self._policy.initial_burst_s,
         )
+        self._headers_show_window = True
+        self._shrunk_at = -SHRINK_SETTLE_S
         self._incarnation = uuid.uuid4().hex[:12]
         self._epoch = 0
         self._changed: asyncio.Future[None] | None = None
@@ -186,6 +201,7 @@ class Coordinator:
             requests_available=budget["requests_available"],
             tokens_available=budget["tokens_available"],
             paused_for_s=self._pause_left(),
+            burst_s=self._budget.burst_s,
             rate_limited=self._rate_limited,
             stopped=self._stopped,
             leases_outstanding=len(live),
@@ -240,6 +256,9 @@ class Coordinator:
         if learned.known:
             self._learned = Limits(rpm=learned.rpm or self._learned.rpm, tpm=learned.tpm or self._learned.tpm)
             self._update_limits()
+        window = observation.window_s()
+        if window is not None and self._headers_show_window:
+            self._set_burst(window)
         self._budget.observe_remaining(
             observation.remaining_requests, observation.remaining_tokens, age_s=observation.age_s
         )
@@ -249,10 +268,27 @@ class Coordinator:
         if event.fatal is not None:
             self._stop(event.fatal)
             return
+        if event.despite_room:
+            self._shrink_burst()
         before = self._budget.paused_until
         self._budget.pause_until(self._clock() + event.pause_s)
         if self._budget.paused_until != before:
             self._bump()
+
+    def _set_burst(self, window_s: float) -> None:
+        window_s = min(max(window_s, MIN_BURST_S), 60.0)
+        if abs(window_s - self._budget.burst_s) > BURST_CHANGE * self._budget.burst_s:
+            self._budget.set_burst_s(window_s)
+
+    def _shrink_burst(self) -> None:
+        """A 429 although the headers said the request fitted: the server meters its limit
+        over a shorter window than the headers show. Stop trusting them for the window, and
+        halve the burst (to at most a second) once per settling time."""
+        self._headers_show_window = False
+        now = self._clock()
+        if now >= self._shrunk_at + SHRINK_SETTLE_S:
+            self._shrunk_at = now
+            self._set_burst(min(self._budget.burst_s / 2, 1.0))
 
     def _stop(self, error: TaskError) -> None:
         if self._stopped is not None:
@@ -293,10 +329,12 @@ class Coordinator:
         )
 
     def _cap(self, per_minute: int | None) -> int:
-        """``max_lease_s`` of a limit; nothing for a dimension without one."""
+        """``max_lease_s`` of a limit, and no more than the adapters heard from share of
+        ``burst_share`` of the burst window; nothing for a dimension without a limit."""
         if per_minute is None:
             return 0
-        return max(1, int(per_minute / 60.0 * self._policy.max_lease_s))
+        share_s = self._budget.burst_s * self._policy.burst_share / max(1, self._clients(self._clock()))
+        return max(1, int(per_minute / 60.0 * min(self._policy.max_lease_s, share_s)))
 
     def _hold(self, client: str, requests: int, tokens: int) -> None:
         held = self._held.setdefault(client, _Held())

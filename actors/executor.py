@@ -5,6 +5,12 @@ whose per-request machinery cost about a tenth of an adapter's CPU; a failure en
 the loop, which replays it as attempt 1 and decides, waits and retries from there, so
 every failure goes through the one retry policy.
 
+A 429 for the rate limit is not a failure when the limiter paces and pauses (a coordinator
+or a local budget): the limiter pauses, and the request waits its turn and goes again,
+within the same attempt. Only Ctrl-C or the run's deadline ends that wait. Attempts are
+for real failures (5xx, connection errors, timeouts); ``TaskResult.attempts`` counts every
+request sent.
+
 At most ``max_in_flight`` tasks run at once; the rest wait their turn, first come first
 served, as PENDING. A driver can then hand an adapter a little more than it may send, so
 a finished request's slot is refilled at once instead of after a round trip to the driver.
@@ -26,7 +32,7 @@ from actors.limiter import Limiter
 from actors.limits import RateLimited
 from actors.models import TaskError, TaskResult, TaskStatus, Usage
 from actors.pricing import PriceTable
-from actors.retry import RetryPolicy, describe_error, is_fatal_quota
+from actors.retry import RetryPolicy, describe_error, is_fatal_quota, waits_out
 from actors.task_table import TaskRecord
 
 log = logging.getLogger(__name__)
@@ -113,6 +119,16 @@ class TaskExecutor:
         raise AssertionError("tenacity either returns, or re-raises the last error")
 
     async def _attempt(self, record: TaskRecord) -> Reply:
+        """One attempt: sent again after each 429 the limiter waits out."""
+        while True:
+            try:
+                return await self._send_once(record)
+            except openai.RateLimitError as error:
+                if not (self._limiter.waits_out_rate_limits and waits_out(error)):
+                    raise
+                log.debug("%s: 429; waiting for the scope's pause, then sending again", record.task.custom_id)
+
+    async def _send_once(self, record: TaskRecord) -> Reply:
         task = record.task
         async with self._limiter.attempt(task) as limited:  # waits for the rate limit
             record.attempts += 1

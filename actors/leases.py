@@ -510,7 +510,9 @@ class LeaseClient(Limiter):
         if self._fallback is not None or self._stopped is not None:
             return
         share = self._limits.share(max(self._adapters, self._clients))
-        self._fallback = RateBudget(rpm=share.rpm, tpm=share.tpm, clock=self._clock, full=False)
+        self._fallback = RateBudget(
+            rpm=share.rpm, tpm=share.tpm, clock=self._clock, full=False, burst_s=self._policy.initial_burst_s
+        )
         log.warning(
             "%s: coordinator unreachable (%s); limiting this adapter to rpm=%s tpm=%s until it answers",
             self._client, error, share.rpm, share.tpm,

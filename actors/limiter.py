@@ -48,6 +48,10 @@ class Permit:
 class Limiter(abc.ABC):
     """The adapter's side of rate limiting; one per adapter, bound to its event loop."""
 
+    waits_out_rate_limits = True
+    """A 429 pauses this limiter, so the request waits and goes again without using one of
+    its attempts: only a limiter that paces and pauses can promise the wait will end."""
+
     @abc.abstractmethod
     async def acquire(self, tokens: int) -> Permit:
         """Wait until one request reserving ``tokens`` may be sent."""
@@ -95,7 +99,7 @@ class Attempt:
         self._limiter.settle(self._permit, self._permit.tokens if self._used is None else self._used)
         if isinstance(exc, openai.RateLimitError):
             self._limiter.observe(exc.response.headers)
-            await self._limiter.rate_limited(rate_limit_event(exc))
+            await self._limiter.rate_limited(rate_limit_event(exc, self._permit.tokens))
 
 
 class _FreeAttempt(Attempt):
@@ -115,6 +119,8 @@ class _FreeAttempt(Attempt):
 
 class NoLimit(Limiter):
     """No limit configured: attempts go straight out (the server's 429s are retried as usual)."""
+
+    waits_out_rate_limits = False
 
     async def acquire(self, tokens: int) -> Permit:
         return Permit(tokens)
@@ -184,11 +190,13 @@ def charged_tokens(task: AnyTask, usage: Usage, reserved: int) -> int:
     return usage.prompt_tokens + (usage.completion_tokens if cap is None else cap)
 
 
-def rate_limit_event(error: openai.RateLimitError) -> RateLimited:
-    """The pause a 429 asks for: retry-after, else the reset of what ran out, else a default."""
+def rate_limit_event(error: openai.RateLimitError, tokens: int) -> RateLimited:
+    """The pause a 429 asks for: retry-after, else the reset of what ran out, else a default;
+    and whether its headers said the request of ``tokens`` fitted."""
     if is_fatal_quota(error):
         return RateLimited(pause_s=0.0, fatal=describe_error(error))
+    observation = Observation.from_headers(error.response.headers)
     pause = retry_after_s(error)
     if pause is None:
-        pause = Observation.from_headers(error.response.headers).exhausted_reset_s()
-    return RateLimited(pause_s=DEFAULT_PAUSE_S if pause is None else pause)
+        pause = observation.exhausted_reset_s()
+    return RateLimited(pause_s=DEFAULT_PAUSE_S if pause is None else pause, despite_room=observation.has_room_for(tokens))

@@ -25,6 +25,8 @@ from actors.models import TaskError
 
 DEFAULT_PAUSE_S = 1.0
 """Pause after a 429 that names no wait (no retry-after, no reset header)."""
+MIN_BURST_S = 0.1
+"""The shortest enforcement window a scope is shaped to: 429s with room left keep halving it to this."""
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -66,12 +68,20 @@ class LeasePolicy(_Frozen):
     """Capacity not spent by then goes back to the scope."""
     max_lease_s: float = Field(default=2.0, gt=0)
     """No lease is larger than this much of the scope's limit, so one adapter cannot hoard."""
+    burst_share: float = Field(default=0.25, gt=0, le=1)
+    """Nor larger than this share of the burst window, split between the adapters: what a
+    lease holds may be spent all at once, on top of the bucket's own burst, and the server
+    takes no more than its window at once."""
     headroom_s: float = Field(default=1.0, ge=0, lt=60)
     """The coordinator's bucket holds this much less than a full minute of the limit: the
     server starts refilling only when our first request reaches it, so after a spell at
     capacity our bucket would be ahead of the server's by the time a request takes."""
     reconnect_s: float = Field(default=1.0, gt=0)
     """First wait before asking an unreachable coordinator again; doubles up to 8x."""
+    initial_burst_s: float = Field(default=1.0, gt=0, le=60)
+    """The enforcement window assumed until the server's headers tell it: OpenAI may meter a
+    per-minute limit per second, and a minute's burst sent to such a server comes back as
+    429s. A server that allows more says so with its first answer."""
 
     @model_validator(mode="after")
     def _ttl_outlives_horizon(self) -> LeasePolicy:
@@ -108,6 +118,27 @@ class Observation(_Frozen):
     def limits(self) -> Limits:
         return Limits(rpm=_positive(self.limit_requests), tpm=_positive(self.limit_tokens))
 
+    def window_s(self) -> float | None:
+        """The window the server's bucket holds, from remaining + reset at its refill rate
+        (the time to refill from empty); the shortest over the dimensions that tell it."""
+        windows = [
+            reset + remaining * 60.0 / limit
+            for limit, remaining, reset in (
+                (self.limit_requests, self.remaining_requests, self.reset_requests_s),
+                (self.limit_tokens, self.remaining_tokens, self.reset_tokens_s),
+            )
+            if limit is not None and limit > 0 and remaining is not None and remaining >= 0 and reset is not None
+        ]
+        return min(windows, default=None)
+
+    def has_room_for(self, tokens: int) -> bool:
+        """The headers say one more request of ``tokens`` fits (both counts known and enough)."""
+        return (
+            self.remaining_requests is not None
+            and self.remaining_requests >= 1
+            and (self.remaining_tokens is None or self.remaining_tokens >= tokens)
+        )
+
     def exhausted_reset_s(self) -> float | None:
         """Time until a dimension that has nothing left refills (a pause when no retry-after)."""
         resets = [
@@ -123,6 +154,9 @@ class RateLimited(_Frozen):
 
     pause_s: float = Field(ge=0)
     fatal: TaskError | None = None
+    despite_room: bool = False
+    """The 429's own headers said the request fitted: the server enforces its limit over a
+    shorter window than its headers describe, so they cannot size the burst."""
 
 
 class Report(_Frozen):
@@ -203,6 +237,8 @@ class CoordinatorSnapshot(_Frozen):
     requests_available: float | None
     tokens_available: float | None
     paused_for_s: float
+    burst_s: float
+    """The enforcement window the bucket is shaped to: given as a policy, then learned."""
     rate_limited: int
     """429 answers reported by adapters, the fatal one included."""
     stopped: TaskError | None

@@ -103,8 +103,24 @@ def is_fatal_quota(error: BaseException) -> bool:
     return isinstance(error, openai.RateLimitError) and _error_code(error) == "insufficient_quota"
 
 
+def is_too_large_for_the_limit(error: BaseException) -> bool:
+    """A 429 for a request larger than the per-minute limit itself: no wait will fit it."""
+    return isinstance(error, openai.RateLimitError) and (_error_field(error, "message") or "").startswith("Request too large")
+
+
+def waits_out(error: BaseException) -> bool:
+    """A 429 that a wait fixes: the server's rate limit, not the account's credit or a request
+    bigger than the limit."""
+    return isinstance(error, openai.RateLimitError) and not is_fatal_quota(error) and not is_too_large_for_the_limit(error)
+
+
 def is_retryable(error: BaseException) -> bool:
-    if is_fatal_quota(error) or isinstance(error, ResponseTooLarge) or permanent_cause(error) is not None:
+    if (
+        is_fatal_quota(error)
+        or is_too_large_for_the_limit(error)
+        or isinstance(error, ResponseTooLarge)
+        or permanent_cause(error) is not None
+    ):
         return False
     if isinstance(error, openai.APIStatusError):
         return error.status_code in _RETRYABLE_STATUS
@@ -126,6 +142,8 @@ def _describe(error: BaseException) -> TaskError:
         return TaskError(code=code, message=f"{type(cause).__name__}: {cause} (not retried: no wait can fix it)")
     if isinstance(error, ResponseTooLarge):
         return TaskError(code="response_too_large", message=_message(error))
+    if is_too_large_for_the_limit(error):
+        return TaskError(code="request_too_large", message=_message(error), status_code=429)
     if isinstance(error, openai.APIStatusError) and 300 <= error.status_code < 400:
         target = error.response.headers.get("location", "?")
         message = f"the server redirected to {target}; rayfan follows no redirects: point the base URL at the final one"
@@ -143,10 +161,15 @@ def _describe(error: BaseException) -> TaskError:
 
 
 def _error_code(error: openai.APIStatusError) -> str | None:
+    return _error_field(error, "code") or getattr(error, "code", None)
+
+
+def _error_field(error: openai.APIStatusError, name: str) -> str | None:
+    """A string field of the error object in the body (``{"error": {...}}`` or bare)."""
     body = error.body if isinstance(error.body, dict) else {}
     nested = body.get("error", body)
-    code = nested.get("code") if isinstance(nested, dict) else None
-    return code if isinstance(code, str) else getattr(error, "code", None)
+    value = nested.get(name) if isinstance(nested, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _message(error: BaseException) -> str:

@@ -2,31 +2,49 @@
 
     python bench/faults.py [--requests N] [--latency S] [--adapters K] [--max-in-flight W]
                            [--scenarios baseline,adapter_kill,...] [--timeout S] [--keep DIR]
+                           [--ray-default-health-checks] [--json-rows FILE]
 
 Starts a two-node ``ray.cluster_utils.Cluster`` on this machine (head num_cpus=1, one worker
-node num_cpus=1, no dashboard), the fake endpoint in a subprocess of its own (this script's
+node num_cpus=1, no dashboard; the head's GCS with ``FAST_NODE_FAILURE`` health checks unless
+``--ray-default-health-checks``), the fake endpoint in a subprocess of its own (this script's
 ``_server`` mode: a ``MockServer`` whose request log the script can read) with ``--latency``
 seconds per request, and runs each scenario as ``python -m drivers.cli run ... --address
 <cluster> --adapters K --max-in-flight W`` subprocesses into a fresh output file:
 
 * ``baseline``: no fault; its wall time is the reference.
 * ``adapter_kill``: at ~30% of the output, kill -9 one adapter actor's worker process.
+* ``node_removed``: at ~30% of the output, remove the worker node holding adapters
+  (``Cluster.remove_node(node, allow_graceful=False)``: raylet and its processes SIGKILLed, as
+  a crashed machine); Ray restarts its adapters on the head. The row says when the GCS marked
+  the node dead, when the first lost request reached the endpoint again (sent by the driver
+  after its ``RayActorError``) and where the adapters came back. The next scenario gets a new
+  worker node.
+* ``coordinator_kill``: with ``--rpm`` given and the fake endpoint enforcing that limit, at
+  ~50% of the output kill -9 the scope's rate-limit coordinator; Ray restarts it (empty).
+  The row counts the endpoint's 429s.
 * ``driver_kill``: kill -9 the rayfan process at ~20/40/60% of the output, re-running the
   same command after each kill, then let it finish.
 * ``ctrl_c``: SIGINT at ~50%, then re-run to completion.
 * ``endpoint_faults``: ~10% of the prompts carry one transient directive (500, 503, drop,
   invalid_json) with ``times=1``.
 
-Adapter actors are found through a probe subprocess (this script's ``_probe`` mode) that joins
-the cluster as a Ray driver: ``ray.util.state.list_actors`` when the dashboard is up, else
-the GCS's own actor table (``ray._private.state.actors()``), since the cluster has no dashboard.
+A kill waits for two conditions, never for a time: the output has the scenario's line count
+and the victim (this run's actors, found by the probe) is known. If the run ends first, the
+fault did not happen: the scenario runs again on a fresh output with the endpoint's latency
+doubled (``--retries``, default 2), so every row reports its fault.
+
+Actors are found through a probe subprocess (this script's ``_probe`` mode) that joins the
+cluster as a Ray driver and reads the GCS's own actor and node tables
+(``ray._private.state``), since the cluster has no dashboard (the state API would wait for
+one to time out).
 
 Per scenario one row: requests, records, records per input (inputs with exactly one record
 / N; duplicates and missing are counted), failed records, prompts answered "ok" more than
 once by the endpoint (billed twice), retries per request (from ``rayfan.attempts``), the
 driver's ``resent`` count, requests the endpoint received after a driver kill and before
-the next start ("orphan": sent by the dead driver's adapters), kills done, and wall /
-baseline wall. The scenario functions take N, for a smaller run.
+the next start ("orphan": sent by the dead driver's adapters), 429s, kills done, the exit
+codes of the rayfan runs, and wall / baseline wall. The scenario functions take N, for a
+smaller run (``tests/test_faults.py``).
 """
 
 from __future__ import annotations
@@ -39,26 +57,45 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 KEY = "sk-bench-not-a-key"
 ADAPTER_CLASS = "OpenAIAdapter"
+COORDINATOR_PREFIX = "rayfan-limits-"
 FAULTS = ("status=500", "status=503", "drop", "invalid_json")
-SCENARIOS = ("baseline", "adapter_kill", "driver_kill", "ctrl_c", "endpoint_faults")
+SCENARIOS = ("baseline", "adapter_kill", "node_removed", "coordinator_kill", "driver_kill", "ctrl_c", "endpoint_faults")
+FAULT_SCENARIOS = ("adapter_kill", "node_removed", "coordinator_kill", "driver_kill", "ctrl_c")
+POLL_S = 0.02
+"""How often a wait re-checks its condition (the output's line count, a process, the probe)."""
+
+FAST_NODE_FAILURE: dict[str, int] = {
+    "health_check_period_ms": 500,
+    "health_check_timeout_ms": 1_000,
+    "health_check_failure_threshold": 3,
+}
+"""The GCS's node health checks (``ray_config_def.h``; defaults 3,000 ms, 10,000 ms, 5): a node
+is marked dead after ``threshold`` failed checks ``period`` apart, each failing at once when the
+raylet is gone or after ``timeout`` when it hangs. Ray's defaults take ~15 s (gone) to ~65 s
+(hung) before a lost node's actors are restarted; these take ~1.5 s and ~4.5 s. Set on the head
+only (the GCS does the checking): ``_system_config`` here, ``RAY_health_check_*`` variables for
+``ray start --head`` on a real cluster (README, "Faults")."""
 
 
 # --- the fake endpoint and the actor probe, each in a subprocess of its own -----------------
 
 
 def _server_main(latency: float) -> None:
-    """A MockServer whose log is read over stdin/stdout: ``reset``, ``dump PATH``; EOF stops it."""
+    """A MockServer driven over stdin/stdout: ``reset``, ``dump PATH``, ``latency S``, ``rpm N``
+    (0: no limit); EOF stops it."""
     from actors.process_gc import tune_for_many_open_requests
     from drivers.mock_server import MockConfig, MockServer
 
@@ -74,32 +111,42 @@ def _server_main(latency: float) -> None:
                     for entry in server.requests():
                         messages = (entry.body or {}).get("messages") or [{}]
                         out.write(json.dumps({"prompt": messages[-1].get("content"), "outcome": entry.outcome, "at": entry.received_at}) + "\n")
+            elif command == "latency":
+                server.configure(latency_s=float(argument))
+            elif command == "rpm":
+                server.configure(rpm_limit=int(argument) or None)
             print("done", flush=True)
 
 
 def _probe_main(address: str) -> None:
-    """Joins the cluster; for each ``list`` line, prints the live adapter actors as one JSON line."""
+    """Joins the cluster; answers ``actors`` (rayfan's adapters and coordinators, any state)
+    and ``nodes`` (node id -> alive) with one JSON line each, from the GCS's tables."""
     import logging
 
     import ray
+    from ray._private import state
 
     ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
     for line in sys.stdin:
-        if line.strip() != "list":
-            continue
-        try:
-            from ray.util.state import list_actors
-
-            filters = [("class_name", "=", ADAPTER_CLASS), ("state", "=", "ALIVE")]
-            found = [{"pid": a.pid, "job": a.job_id, "id": a.actor_id} for a in list_actors(address=address, filters=filters, timeout=5)]
-        except Exception:  # no dashboard: the GCS's actor table
-            from ray._private import state
-
-            found = [
-                {"pid": a["Pid"], "job": a["JobID"], "id": a["ActorID"]}
+        command = line.strip()
+        if command == "actors":
+            found: Any = [
+                {
+                    "id": a["ActorID"],
+                    "class": a["ActorClassName"],
+                    "name": a["Name"],
+                    "state": a["State"],
+                    "pid": a["Pid"],
+                    "node": a["Address"]["NodeID"],
+                    "restarts": a["NumRestarts"],
+                }
                 for a in state.actors().values()
-                if a["ActorClassName"] == ADAPTER_CLASS and a["State"] == "ALIVE" and a["Pid"]
+                if a["ActorClassName"] == ADAPTER_CLASS or a["Name"].startswith(COORDINATOR_PREFIX)
             ]
+        elif command == "nodes":
+            found = {node["NodeID"]: node["Alive"] for node in ray.nodes()}
+        else:
+            found = None
         print(json.dumps(found), flush=True)
 
 
@@ -138,7 +185,8 @@ class _Pipe:
 
 @dataclass
 class Bench:
-    address: str
+    cluster: Any
+    """The ``ray.cluster_utils.Cluster``, owned by this process: only it can remove a node."""
     base_url: str
     server: _Pipe
     probe: _Pipe
@@ -147,19 +195,51 @@ class Bench:
     max_in_flight: int = 64
     timeout: float = 300.0
     """Bound on each wait of a scenario (a condition, a process exit)."""
+    latency: float = 0.2
+    """The fake endpoint's latency now (a retried scenario doubles it)."""
 
-    def adapters_alive(self) -> list[dict]:
-        return json.loads(self.probe.ask("list"))
+    @property
+    def address(self) -> str:
+        return str(self.cluster.address)
+
+    @property
+    def head_node_id(self) -> str:
+        return str(self.cluster.head_node.node_id)
+
+    def actors(self) -> list[dict]:
+        return list(json.loads(self.probe.ask("actors")))
+
+    def nodes(self) -> dict[str, bool]:
+        return dict(json.loads(self.probe.ask("nodes")))
 
     def answered(self) -> list[dict]:
         dump = self.workdir / "server-log.jsonl"
         self.server.ask(f"dump {dump}")
         return [json.loads(line) for line in dump.read_text().splitlines()]
 
+    def set_latency(self, latency: float) -> None:
+        self.server.ask(f"latency {latency}")
+        self.latency = latency
+
+    def ensure_worker_node(self) -> None:
+        """Every scenario starts on two nodes: a worker node removed by ``node_removed`` is replaced."""
+        if not self.cluster.worker_nodes:
+            self.cluster.add_node(num_cpus=1)
+            self.cluster.wait_for_nodes()
+
 
 @contextmanager
-def bench(latency: float, *, adapters: int = 4, max_in_flight: int = 64, timeout: float = 300.0, workdir: Path | None = None) -> Iterator[Bench]:
-    """A two-node cluster, the fake endpoint and the probe; everything is stopped on exit."""
+def bench(
+    latency: float,
+    *,
+    adapters: int = 4,
+    max_in_flight: int = 64,
+    timeout: float = 300.0,
+    workdir: Path | None = None,
+    system_config: dict[str, int] | None = None,
+) -> Iterator[Bench]:
+    """A two-node cluster, the fake endpoint and the probe; everything is stopped on exit.
+    ``system_config`` goes to the head (the GCS); None: ``FAST_NODE_FAILURE``, {}: Ray's defaults."""
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     from ray.cluster_utils import Cluster
 
@@ -168,7 +248,11 @@ def bench(latency: float, *, adapters: int = 4, max_in_flight: int = 64, timeout
         scratch = tempfile.TemporaryDirectory(prefix="rayfan-faults-")
         workdir = Path(scratch.name)
     workdir.mkdir(parents=True, exist_ok=True)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    config = FAST_NODE_FAILURE if system_config is None else system_config
+    head_args: dict[str, Any] = {"num_cpus": 1, "include_dashboard": False}
+    if config:
+        head_args["_system_config"] = dict(config)
+    cluster = Cluster(initialize_head=True, head_node_args=head_args)
     server = probe = None
     try:
         cluster.add_node(num_cpus=1)
@@ -178,7 +262,7 @@ def bench(latency: float, *, adapters: int = 4, max_in_flight: int = 64, timeout
         base_url = server.process.stdout.readline().strip()
         assert base_url.startswith("http"), f"the fake server did not start: {base_url!r}"
         probe = _Pipe("_probe", cluster.address)
-        yield Bench(cluster.address, base_url, server, probe, workdir, adapters, max_in_flight, timeout)
+        yield Bench(cluster, base_url, server, probe, workdir, adapters, max_in_flight, timeout, latency)
     finally:
         for helper in (probe, server):
             if helper is not None:
@@ -219,11 +303,23 @@ class Run:
     name: str
     source: Path
     out: Path
+    key: str = KEY
+    extra_args: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     process: subprocess.Popen[str] | None = None
     starts: int = 0
     kills: int = 0
+    exits: list[int] = field(default_factory=list)
+    """Exit code of each rayfan process that ended on its own (not killed by the scenario)."""
+    killed_last: bool = False
+    """The current process was killed (or interrupted) by the scenario."""
+    counted: bool = False
+    """The current process's end has been seen (and its exit code kept, unless killed)."""
     notes: list[str] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+    """Scenario-specific measurements, copied into the row."""
+    known_actors: set[str] = field(default_factory=set)
+    """Actor ids in the GCS before this run started: whatever is new belongs to it."""
     start_times: list[float] = field(default_factory=list)
     kill_times: list[float] = field(default_factory=list)
     """``time.monotonic()`` (system-wide, as the fake server's log) of each start and each driver kill."""
@@ -231,27 +327,40 @@ class Run:
     def start(self) -> None:
         b = self.bench
         command = [sys.executable, "-m", "drivers.cli", "run", str(self.source), "-o", str(self.out), "--base-url", b.base_url]
-        command += ["--address", b.address, "--adapters", str(b.adapters), "--max-in-flight", str(b.max_in_flight)]
-        env = {**os.environ, "OPENAI_API_KEY": KEY, "RAY_USAGE_STATS_ENABLED": "0"}
+        command += ["--address", b.address, "--adapters", str(b.adapters), "--max-in-flight", str(b.max_in_flight), *self.extra_args]
+        env = {**os.environ, "OPENAI_API_KEY": self.key, "RAY_USAGE_STATS_ENABLED": "0"}
         env.pop("OPENAI_BASE_URL", None)
+        self.known_actors |= {actor["id"] for actor in b.actors()}
+        self.killed_last = self.counted = False
         self.starts += 1
         self.start_times.append(time.monotonic())
         with open(self.out.with_suffix(".stdout"), "a") as stdout, open(self.out.with_suffix(".stderr"), "a") as stderr:
             self.process = subprocess.Popen(command, env=env, stdout=stdout, stderr=stderr, text=True, cwd=ROOT)
 
-    def wait_for_lines(self, count: int) -> bool:
-        """Polls the output until it has ``count`` lines; False if the process ended first."""
-        assert self.process is not None
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait_until(self, condition: Callable[[], bool], what: str) -> bool:
+        """Polls ``condition`` while rayfan runs; False (and a note) if the process ended first."""
         deadline = time.monotonic() + self.bench.timeout
-        while lines_in(self.out) < count:
-            if self.process.poll() is not None:
-                self.notes.append(f"run {self.starts} ended (exit {self.process.returncode}) before {count} lines")
+        while not condition():
+            if not self.running():
+                assert self.process is not None
+                self.notes.append(f"run {self.starts} ended (exit {self.process.returncode}) before {what}")
                 return False
             if time.monotonic() > deadline:
                 self.stop()
-                raise TimeoutError(f"{self.name}: fewer than {count} lines after {self.bench.timeout} s")
-            time.sleep(0.02)
+                raise TimeoutError(f"{self.name}: no {what} after {self.bench.timeout} s")
+            time.sleep(POLL_S)
         return True
+
+    def wait_for_lines(self, count: int) -> bool:
+        """Polls the output until it has ``count`` lines; False if the process ended first."""
+        return self.wait_until(lambda: lines_in(self.out) >= count, f"{count} lines")
+
+    def own_actors(self, *, state: str | None = "ALIVE") -> list[dict]:
+        """This run's actors (new since it started, in ``state``; None: any state)."""
+        return [a for a in self.bench.actors() if a["id"] not in self.known_actors and (state is None or a["state"] == state)]
 
     def signal(self, sig: signal.Signals) -> None:
         assert self.process is not None
@@ -259,15 +368,21 @@ class Run:
             self.process.send_signal(sig)
             self.kill_times.append(time.monotonic())
             self.kills += 1
+            self.killed_last = True
         self.wait()
 
     def wait(self) -> int:
+        """Waits for the current rayfan process; its exit code counts unless the scenario killed it."""
         assert self.process is not None
         try:
-            return self.process.wait(timeout=self.bench.timeout)
+            code = self.process.wait(timeout=self.bench.timeout)
         except subprocess.TimeoutExpired:
             self.stop()
             raise TimeoutError(f"{self.name}: rayfan did not exit within {self.bench.timeout} s") from None
+        if not self.killed_last and not self.counted:
+            self.exits.append(code)
+        self.counted = True
+        return code
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -275,9 +390,11 @@ class Run:
             self.process.wait()
 
     def finish(self) -> int:
-        """Runs (again) until rayfan exits on its own; re-runs after a non-zero exit, up to 3 times."""
+        """Waits until rayfan exits on its own, starting it again after a kill or a non-zero
+        exit (up to 3 more starts)."""
+        code = 0
         for _ in range(3):
-            if self.process is None or self.process.poll() is not None:
+            if self.process is None or self.killed_last:
                 self.start()
             code = self.wait()
             if code == 0:
@@ -287,7 +404,8 @@ class Run:
         return code
 
 
-def _new_run(b: Bench, name: str, requests: int, fault_every: int = 0) -> tuple[Run, dict[str, str]]:
+def _new_run(b: Bench, name: str, requests: int, fault_every: int = 0, **run_args: Any) -> tuple[Run, dict[str, str]]:
+    b.ensure_worker_node()
     folder = b.workdir / name
     folder.mkdir(parents=True, exist_ok=True)
     source, out = folder / "in.jsonl", folder / "out.jsonl"
@@ -295,7 +413,7 @@ def _new_run(b: Bench, name: str, requests: int, fault_every: int = 0) -> tuple[
         stale.unlink(missing_ok=True)
     prompts = write_input(source, requests, fault_every)
     b.server.ask("reset")
-    return Run(b, name, source, out), prompts
+    return Run(b, name, source, out, **run_args), prompts
 
 
 def measure(run: Run, prompts: dict[str, str]) -> dict:
@@ -328,10 +446,14 @@ def measure(run: Run, prompts: dict[str, str]) -> dict:
         "retries_per_request": (sum(max(a - 1, 0) for a in attempts) / len(attempts)) if attempts else None,
         "resent": resent,
         "sent_after_driver_kill": after_kill,
+        "rate_limited": sum(entry["outcome"] == "error:429" for entry in log),
         "kills": run.kills,
         "starts": run.starts,
+        "exits": run.exits,
+        "latency_s": run.bench.latency,
         "wall_s": wall,
         "notes": run.notes,
+        **run.facts,
         "output": str(run.out),
     }
 
@@ -349,20 +471,125 @@ def scenario_baseline(b: Bench, requests: int) -> dict:
 def scenario_adapter_kill(b: Bench, requests: int, at: float = 0.3) -> dict:
     run, prompts = _new_run(b, "adapter_kill", requests)
     run.start()
-    if run.wait_for_lines(max(1, int(at * requests))):
-        alive = b.adapters_alive()
-        if alive:
-            victim = alive[0]
-            try:
-                os.kill(victim["pid"], signal.SIGKILL)
-                run.kills += 1
-                run.notes.append(f"killed adapter pid {victim['pid']} at {lines_in(run.out)} lines")
-            except ProcessLookupError:
-                run.notes.append(f"adapter pid {victim['pid']} already gone")
-        else:
-            run.notes.append("no live adapter found to kill")
+    victims: list[dict] = []
+
+    def ready() -> bool:
+        if not victims:
+            victims.extend(a for a in run.own_actors() if a["class"] == ADAPTER_CLASS and a["pid"])
+        return bool(victims) and lines_in(run.out) >= max(1, int(at * requests))
+
+    if run.wait_until(ready, f"{int(at * requests)} lines and a live adapter"):
+        victim = victims[0]
+        try:
+            os.kill(victim["pid"], signal.SIGKILL)
+            run.kills += 1
+            run.notes.append(f"killed adapter pid {victim['pid']} at {lines_in(run.out)} lines")
+        except ProcessLookupError:
+            run.notes.append(f"adapter pid {victim['pid']} already gone")
     run.finish()
     return measure(run, prompts)
+
+
+def scenario_node_removed(b: Bench, requests: int, at: float = 0.3) -> dict:
+    """Remove the worker node once it holds adapters of this run; time what follows."""
+    run, prompts = _new_run(b, "node_removed", requests)
+    node = next(iter(b.cluster.worker_nodes))
+    node_id = str(node.node_id)
+    run.start()
+    victims: list[dict] = []
+
+    def ready() -> bool:
+        if not victims:
+            victims.extend(a for a in run.own_actors() if a["class"] == ADAPTER_CLASS and a["node"] == node_id)
+        return bool(victims) and lines_in(run.out) >= max(1, int(at * requests))
+
+    if not run.wait_until(ready, f"{int(at * requests)} lines and an adapter on the worker node"):
+        run.finish()
+        return measure(run, prompts)
+    coordinators = [a["id"] for a in b.actors() if a["name"].startswith(COORDINATOR_PREFIX) and a["state"] == "ALIVE" and a["node"] == node_id]
+    lines_then = lines_in(run.out)
+    removed_at = time.monotonic()
+    b.cluster.remove_node(node, allow_graceful=False)
+    run.kills += 1
+    run.notes.append(
+        f"removed the worker node with {len(victims)} adapters at {lines_then} lines"
+        + (f" (and {len(coordinators)} coordinator)" if coordinators else "")
+    )
+    _follow_node_loss(run, node_id, {v["id"] for v in victims}, removed_at)
+    run.finish()
+    row = measure(run, prompts)
+    row["first_resend_s"] = _first_resend(row, removed_at, b.answered())
+    return row
+
+
+def _follow_node_loss(run: Run, node_id: str, victims: set[str], removed_at: float) -> None:
+    """Polls the GCS while rayfan runs: when the node is marked dead, when each lost adapter
+    is alive again and on which node (``run.facts``)."""
+    b = run.bench
+    node_dead_s: float | None = None
+    back: dict[str, tuple[float, str, int]] = {}
+    while run.running() and (node_dead_s is None or len(back) < len(victims)):
+        now = time.monotonic() - removed_at
+        if node_dead_s is None and not b.nodes().get(node_id, False):
+            node_dead_s = now
+        for actor in b.actors():
+            if actor["id"] in victims and actor["id"] not in back and actor["state"] == "ALIVE" and actor["node"] != node_id:
+                back[actor["id"]] = (now, actor["node"], actor["restarts"])
+        if now > b.timeout:
+            break
+        time.sleep(POLL_S * 5)
+    run.facts["node_dead_s"] = node_dead_s
+    run.facts["restarted_s"] = max((t for t, _, _ in back.values()), default=None)
+    run.facts["restarted_on_head"] = sum(node == b.head_node_id for _, node, _ in back.values())
+    run.facts["restarted"] = len(back)
+    run.facts["lost_adapters"] = len(victims)
+
+
+def _first_resend(row: dict, removed_at: float, log: list[dict]) -> float | None:
+    """Seconds from the node's removal to the first request for a prompt already sent before it
+    (one the dead node had open) reaching the endpoint again: the driver got its
+    ``RayActorError`` and sent the batch's open tasks to a live adapter."""
+    before = {entry["prompt"] for entry in log if entry["at"] < removed_at}
+    again = [entry["at"] for entry in log if entry["at"] >= removed_at and entry["prompt"] in before]
+    return (min(again) - removed_at) if again else None
+
+
+def scenario_coordinator_kill(b: Bench, requests: int, at: float = 0.5, rpm: int | None = None) -> dict:
+    """A run under ``--rpm`` (enforced by the endpoint too) whose coordinator is killed -9."""
+    rpm = rpm or max(60, requests)
+    key = f"{KEY}-limited-{uuid.uuid4().hex[:8]}"  # a scope (coordinator) of its own, fresh each time
+    run, prompts = _new_run(b, "coordinator_kill", requests, key=key, extra_args=["--rpm", str(rpm)])
+    b.server.ask(f"rpm {rpm}")
+    try:
+        run.start()
+        victims: list[dict] = []
+
+        def ready() -> bool:
+            if not victims:
+                victims.extend(a for a in run.own_actors() if a["name"].startswith(COORDINATOR_PREFIX) and a["pid"])
+            return bool(victims) and lines_in(run.out) >= max(1, int(at * requests))
+
+        run.notes.append(f"--rpm {rpm}, the endpoint enforcing {rpm} rpm")
+        if run.wait_until(ready, f"{int(at * requests)} lines and the coordinator"):
+            victim = victims[0]
+            try:
+                os.kill(victim["pid"], signal.SIGKILL)
+                killed_at = time.monotonic()
+                run.kills += 1
+                run.notes.append(f"killed coordinator pid {victim['pid']} at {lines_in(run.out)} lines")
+                back = run.wait_until(lambda: _back(b, victim), "the coordinator was back")
+                run.facts["coordinator_back_s"] = time.monotonic() - killed_at if back else None
+            except ProcessLookupError:
+                run.notes.append(f"coordinator pid {victim['pid']} already gone")
+        run.finish()
+    finally:
+        b.server.ask("rpm 0")
+    return measure(run, prompts)
+
+
+def _back(b: Bench, victim: dict) -> bool:
+    """The victim actor is alive again, in a new process."""
+    return any(a["id"] == victim["id"] and a["state"] == "ALIVE" and a["pid"] and a["pid"] != victim["pid"] for a in b.actors())
 
 
 def scenario_driver_kill(b: Bench, requests: int, at: tuple[float, ...] = (0.2, 0.4, 0.6)) -> dict:
@@ -377,11 +604,12 @@ def _kill_driver(b: Bench, name: str, requests: int, at: tuple[float, ...], sig:
     run, prompts = _new_run(b, name, requests)
     run.start()
     for fraction in at:
-        if run.process is None or run.process.poll() is not None:
+        if run.killed_last:
             run.start()
-        if run.wait_for_lines(max(1, int(fraction * requests))):
-            run.notes.append(f"{sig.name} at {lines_in(run.out)} lines")
-            run.signal(sig)
+        if not run.wait_for_lines(max(1, int(fraction * requests))):
+            break  # it finished before this kill
+        run.notes.append(f"{sig.name} at {lines_in(run.out)} lines")
+        run.signal(sig)
     run.finish()
     return measure(run, prompts)
 
@@ -396,34 +624,67 @@ def scenario_endpoint_faults(b: Bench, requests: int, fault_every: int = 10) -> 
 SCENARIO_FUNCTIONS: dict[str, Callable[[Bench, int], dict]] = {
     "baseline": scenario_baseline,
     "adapter_kill": scenario_adapter_kill,
+    "node_removed": scenario_node_removed,
+    "coordinator_kill": scenario_coordinator_kill,
     "driver_kill": scenario_driver_kill,
     "ctrl_c": scenario_ctrl_c,
     "endpoint_faults": scenario_endpoint_faults,
 }
+EXPECTED_KILLS = {"adapter_kill": 1, "node_removed": 1, "coordinator_kill": 1, "driver_kill": 3, "ctrl_c": 1}
 LABELS = {
     "baseline": "baseline",
     "adapter_kill": "adapter kill -9",
+    "node_removed": "worker node removed",
+    "coordinator_kill": "coordinator kill -9",
     "driver_kill": "driver kill -9 x3",
     "ctrl_c": "Ctrl-C then resume",
     "endpoint_faults": "endpoint faults (10%)",
 }
 
 
+def run_scenario(b: Bench, name: str, requests: int, retries: int = 2) -> dict:
+    """One scenario; if the run ended before its fault could happen, again with the endpoint
+    twice as slow (up to ``retries`` times), so the row reports the fault. Latency restored after."""
+    base_latency = b.latency
+    try:
+        for attempt in range(retries + 1):
+            row = SCENARIO_FUNCTIONS[name](b, requests)
+            row["attempt"] = attempt + 1
+            if row["kills"] >= EXPECTED_KILLS.get(name, 0) or attempt == retries:
+                return row
+            print(f"{name}: the run ended before its fault ({row['notes']}); again at {2 * b.latency:g} s latency", flush=True)
+            b.set_latency(2 * b.latency)
+        raise AssertionError("unreachable")
+    finally:
+        if b.latency != base_latency:
+            b.set_latency(base_latency)
+
+
 def print_table(rows: list[dict]) -> None:
     base = next((row["wall_s"] for row in rows if row["scenario"] == "baseline"), None)
-    header = f"{'scenario':24}{'requests':>9}{'records':>9}{'rec/input':>10}{'dup':>5}{'miss':>5}{'failed':>7}{'billed 2x':>10}{'retries/req':>12}{'resent':>7}{'orphan':>7}{'kills':>6}{'wall s':>8}{'/base':>7}"
+    header = (
+        f"{'scenario':24}{'requests':>9}{'records':>9}{'rec/input':>10}{'dup':>5}{'miss':>5}{'failed':>7}{'billed 2x':>10}"
+        f"{'retries/req':>12}{'resent':>7}{'orphan':>7}{'429s':>6}{'kills':>6}{'exits':>10}{'wall s':>8}{'/base':>7}"
+    )
     print(header)
     for row in rows:
         retries = f"{row['retries_per_request']:.3f}" if row["retries_per_request"] is not None else "-"
         ratio = f"{row['wall_s'] / base:.2f}" if base else "-"
+        exits = ",".join(str(code) for code in row["exits"]) or "-"
         print(
             f"{LABELS.get(row['scenario'], row['scenario']):24}{row['requests']:>9}{row['records']:>9}"
             f"{row['exactly_once'] / row['requests']:>10.4f}{row['duplicates']:>5}{row['missing']:>5}{row['failed']:>7}"
-            f"{row['billed_twice']:>10}{retries:>12}{row['resent']:>7}{row['sent_after_driver_kill']:>7}{row['kills']:>6}{row['wall_s']:>8.1f}{ratio:>7}"
+            f"{row['billed_twice']:>10}{retries:>12}{row['resent']:>7}{row['sent_after_driver_kill']:>7}{row['rate_limited']:>6}"
+            f"{row['kills']:>6}{exits:>10}{row['wall_s']:>8.1f}{ratio:>7}"
         )
     for row in rows:
-        if row["notes"] or row["errors"]:
-            print(f"  {row['scenario']}: {'; '.join(row['notes'])}{' errors ' + str(row['errors']) if row['errors'] else ''}")
+        facts = {k: row[k] for k in ("node_dead_s", "first_resend_s", "restarted_s", "restarted", "restarted_on_head", "coordinator_back_s") if k in row}
+        extra = [f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in facts.items()]
+        if row.get("attempt", 1) > 1:
+            extra.append(f"attempt {row['attempt']} at {row['latency_s']:g} s latency")
+        if row["notes"] or row["errors"] or extra:
+            errors = f" errors {row['errors']}" if row["errors"] else ""
+            print(f"  {row['scenario']}: {'; '.join(row['notes'] + extra)}{errors}")
 
 
 def main() -> None:
@@ -434,23 +695,35 @@ def main() -> None:
     parser.add_argument("--max-in-flight", type=int, default=64)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated subset of {','.join(SCENARIOS)}")
     parser.add_argument("--timeout", type=float, default=300.0, help="bound on each wait in a scenario, seconds")
+    parser.add_argument("--retries", type=int, default=2, help="re-runs (at doubled latency) of a scenario whose run ended before its fault")
     parser.add_argument("--keep", type=Path, default=None, help="keep inputs, outputs and logs in this directory")
+    parser.add_argument("--json-rows", type=Path, default=None, help="also write the rows here, one JSON object a line")
+    parser.add_argument(
+        "--ray-default-health-checks", action="store_true", help="leave the GCS's node health checks at Ray's defaults (to compare)"
+    )
     args = parser.parse_args()
     chosen = [name.strip() for name in args.scenarios.split(",") if name.strip()]
     unknown = set(chosen) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenarios {sorted(unknown)}")
     rows = []
-    with bench(args.latency, adapters=args.adapters, max_in_flight=args.max_in_flight, timeout=args.timeout, workdir=args.keep) as b:
-        print(f"cluster {b.address}, endpoint {b.base_url} (latency {args.latency} s), {args.requests:,} requests, "
-              f"{args.adapters} adapters, {args.max_in_flight} in flight", flush=True)
+    config = {} if args.ray_default_health_checks else None
+    with bench(
+        args.latency, adapters=args.adapters, max_in_flight=args.max_in_flight, timeout=args.timeout, workdir=args.keep, system_config=config
+    ) as b:
+        checks = "Ray's default" if args.ray_default_health_checks else f"fast ({FAST_NODE_FAILURE})"
+        print(f"cluster {b.address} ({checks} node health checks), endpoint {b.base_url} (latency {args.latency} s), "
+              f"{args.requests:,} requests, {args.adapters} adapters, {args.max_in_flight} in flight", flush=True)
         for name in chosen:
             try:
-                rows.append(SCENARIO_FUNCTIONS[name](b, args.requests))
+                rows.append(run_scenario(b, name, args.requests, args.retries))
             except TimeoutError as error:
                 print(f"{name}: {error}", flush=True)
                 continue
             print(json.dumps(rows[-1]), flush=True)
+            if args.json_rows is not None:
+                with open(args.json_rows, "a") as out:
+                    out.write(json.dumps(rows[-1]) + "\n")
     print()
     print_table(rows)
 

@@ -39,6 +39,10 @@ from drivers.summary import RunSummary
 DRAIN_ON_INTERRUPT_S = 10.0
 
 
+class DeadlineReached(Exception):
+    """The run's ``deadline_s`` passed: it stops as on Ctrl-C."""
+
+
 class BatchOptions(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -60,6 +64,9 @@ class BatchOptions(BaseModel):
     """Rate limits of the key for this model; what is not given is learned from the server's headers."""
     prices: PriceTable = Field(default_factory=PriceTable.default)
     """Prices for costs and the budget's worst cases: the shipped table, or one with the user's overrides."""
+    deadline_s: float | None = Field(default=None, gt=0)
+    """Stop sending this long after sending began, as on Ctrl-C: a request waiting out 429s
+    waits for nothing else, so this is what bounds a run against a scope that never recovers."""
 
 
 def run_batch(options: BatchOptions, *, progress: ProgressBar | None = None) -> RunSummary:
@@ -87,12 +94,14 @@ def run_batch(options: BatchOptions, *, progress: ProgressBar | None = None) -> 
         sending = time.monotonic()
         with OutputWriter(options.output) as out, CtrlC() as ctrl_c:
             dispatcher: Dispatcher[_Sent] = Dispatcher(adapters, max_in_flight=options.max_in_flight)
-            run = _Run(dispatcher, out, summary, budget, options.prices, progress, ctrl_c)
+            deadline = None if options.deadline_s is None else sending + options.deadline_s
+            run = _Run(dispatcher, out, summary, budget, options.prices, progress, ctrl_c, deadline)
             try:
                 run.send_all(read_requests(options.input, options.defaults), resume)
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, DeadlineReached) as stop:
                 ctrl_c.acknowledge()
                 summary.interrupted = True
+                summary.deadline_reached = isinstance(stop, DeadlineReached)
                 run.drain(deadline=time.monotonic() + DRAIN_ON_INTERRUPT_S)
             summary.resent = dispatcher.resent
         summary.rate = close_and_report(adapters, limit, time.monotonic() - sending)
@@ -124,9 +133,11 @@ class _Run:
         prices: PriceTable,
         progress: ProgressBar | None,
         ctrl_c: CtrlC,
+        deadline: float | None = None,
     ) -> None:
         self._dispatcher = dispatcher
         self._ctrl_c = ctrl_c
+        self._deadline = deadline
         self._out = out
         self._summary = summary
         self._budget = budget
@@ -163,6 +174,7 @@ class _Run:
         self._summary.abandoned = self._dispatcher.in_flight
 
     def _send(self, request: InputRequest) -> None:
+        self._check_deadline()
         if self._stopped is not None:
             self._not_run(request, self._stopped.code, f"not sent: {self._stopped.message}; a re-run sends it")
             return
@@ -201,6 +213,8 @@ class _Run:
             wait_s = WAIT_SLICE_S if deadline is None else max(min(WAIT_SLICE_S, deadline - time.monotonic()), 0.0)
             finished = self._dispatcher.collect(timeout=wait_s)
             self._ctrl_c.raise_if_pressed()
+            if not finished:
+                self._check_deadline()
             if finished or (deadline is not None and time.monotonic() >= deadline):
                 break
         for sent, result in finished:
@@ -215,6 +229,12 @@ class _Run:
                     continue
             self._summary.add_result(result)
             self._write(result_record(sent.request, result))
+
+    def _check_deadline(self) -> None:
+        """Raise once the run's deadline has passed (not while draining: that has its own)."""
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            self._deadline = None
+            raise DeadlineReached
 
     def _not_run(self, request: InputRequest, code: str, message: str) -> None:
         self._summary.add_not_run(code)

@@ -135,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--tpm", type=_positive(int), default=None, help="tokens per minute, likewise")
     run.add_argument(
+        "--deadline",
+        type=_positive(float),
+        default=None,
+        metavar="S",
+        help="stop sending S seconds after sending began, as on Ctrl-C (a request answered 429 waits"
+        " and goes again without end otherwise); the same command resumes",
+    )
+    run.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -218,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rpm=args.rpm,
             tpm=args.tpm,
             prices=prices,
+            deadline_s=args.deadline,
         )
         try:
             summary = run_batch(options, progress=progress)

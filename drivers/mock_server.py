@@ -21,12 +21,13 @@ Faults are scripted by a directive anywhere in the prompt text, ``[[mock key=val
 * ``latency=S``: this request's latency, instead of ``MockConfig.latency_s``.
 
 Per request the order is: validate (400), latency, rate limits (429), scripted fault, reply.
-Optional per-key RPM/TPM limits use continuous token buckets (capacity = the per-minute
-limit, refilled at limit/60 per second) and answer 429 with OpenAI's headers.
+Optional per-key RPM/TPM limits use rayfan's own continuous token buckets, refilled at
+limit/60 per second and holding ``rate_window_s`` of the limit (60: a minute's burst at
+once; 1: the limit metered per second, as OpenAI may), and answer 429 with OpenAI's headers.
 
 Run ``python -m drivers.mock_server --port N [--latency S] [--rpm N] [--tpm N]
-[--certfile PEM --keyfile PEM]`` to serve in the foreground, over HTTPS with a certificate
-(prints the base URL, stops on SIGINT/SIGTERM).
+[--rate-window S] [--certfile PEM --keyfile PEM]`` to serve in the foreground, over HTTPS
+with a certificate (prints the base URL, stops on SIGINT/SIGTERM).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from typing import Any, NoReturn
 import pydantic
 from aiohttp import web
 
+from actors.bucket import TokenBucket
 from actors.process_gc import tune_for_many_open_requests
 from drivers.loop_thread import AppThread
 
@@ -67,7 +69,6 @@ Body = dict[str, Any]
 LOG_LIMIT = 10_000
 """The log keeps only the most recent requests, so long benchmarks don't grow memory."""
 
-_EPS = 1e-9  # float drift: a bucket this close to enough counts as enough
 _ACCEPT_BACKLOG = 4096
 _EMBEDDING_DIM = 8
 _REPLY_PROMPT_WORDS = 8
@@ -105,8 +106,14 @@ class MockConfig(pydantic.BaseModel):
     """Requests per minute, enforced per API key (Authorization header)."""
     tpm_limit: int | None = pydantic.Field(None, gt=0)
     """Tokens per minute per key; a request costs prompt tokens + its max output tokens."""
+    rate_window_s: float = pydantic.Field(60.0, gt=0, le=60)
+    """The window the per-minute limits are enforced over: a bucket holds this much of the
+    limit and refills at the limit (60: a minute's burst at once; 1: metered per second)."""
     ratelimit_headers: bool = True
     """Send OpenAI's ``x-ratelimit-*`` headers when a limit is set."""
+    headers_show_minute: bool = False
+    """Headers describe a full minute's bucket even when ``rate_window_s`` is shorter, as a
+    server that hides its per-second metering does: only its 429s tell."""
     revoked_keys: frozenset[str] = frozenset()
     """API keys answered 401 ``invalid_api_key``, as a revoked key is (checked after the latency)."""
 
@@ -486,12 +493,6 @@ def _ceil_ms(seconds: float) -> int:
 
 
 @dataclass(slots=True)
-class _Bucket:
-    level: float
-    updated: float
-
-
-@dataclass(slots=True)
 class _Admission:
     headers: dict[str, str]
     wait_s: float  # 0 = admitted; inf = larger than the limit itself
@@ -499,44 +500,60 @@ class _Admission:
     limit: int
 
 
-class _RateLimiter:
-    """Per-key continuous token buckets: capacity = per-minute limit, refill limit/60 per second.
+@dataclass(slots=True)
+class _Limit:
+    """One key's buckets for one dimension: the one enforced, and a minute's for the headers."""
 
-    The limit is read per call, so ``configure`` takes effect at once; a bucket starts full.
+    per_minute: int
+    window_s: float
+    enforced: TokenBucket
+    minute: TokenBucket
+
+    @classmethod
+    def new(cls, per_minute: int, window_s: float) -> _Limit:
+        rate = per_minute / 60.0
+        return cls(per_minute, window_s, TokenBucket(rate * window_s, rate), TokenBucket(per_minute, rate))
+
+
+class _RateLimiter:
+    """Per-key limits over ``MockConfig.rate_window_s`` (see the module doc), with
+    ``actors.bucket.TokenBucket``: a request larger than the window waits for a full bucket
+    and leaves it in debt, one larger than the per-minute limit never fits.
+
+    The limits are read per call, so ``configure`` takes effect at once; buckets start full.
     """
 
     def __init__(self) -> None:
-        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._limits: dict[tuple[str, str], _Limit] = {}
 
     def clear(self) -> None:
-        self._buckets.clear()
+        self._limits.clear()
 
-    def admit(self, key: str, cost: int, config: MockConfig, now: float) -> _Admission:
+    def admit(self, key: str, cost: int, config: MockConfig) -> _Admission:
         """Take 1 request and ``cost`` tokens if both buckets have them; else say how long to wait."""
-        limits = (("requests", config.rpm_limit, 1), ("tokens", config.tpm_limit, cost))
-        wants = [(kind, limit, n) for kind, limit, n in limits if limit]
-        buckets = [self._refilled(key, kind, limit, now) for kind, limit, _ in wants]
-        waits = [(n - b.level) * 60 / limit if n <= limit else math.inf for (_, limit, n), b in zip(wants, buckets)]
+        wants = [(kind, limit, n) for kind, limit, n in (("requests", config.rpm_limit, 1), ("tokens", config.tpm_limit, cost)) if limit]
+        limits = [self._limit(key, kind, per_minute, config.rate_window_s) for kind, per_minute, _ in wants]
+        waits = [limit.enforced.time_until(n) if n <= per_minute else math.inf for (_, per_minute, n), limit in zip(wants, limits)]
         worst = max(range(len(waits)), key=waits.__getitem__)
-        wait = waits[worst] if waits[worst] > _EPS else 0.0
-        if not wait:
-            for (_, _, n), bucket in zip(wants, buckets):
-                bucket.level -= n
+        if not waits[worst]:
+            for (_, _, n), limit in zip(wants, limits):
+                limit.enforced.take(n)
+                limit.minute.take(n)
         headers = {}
         if config.ratelimit_headers:
-            for (kind, limit, _), bucket in zip(wants, buckets):
-                headers[f"x-ratelimit-limit-{kind}"] = str(limit)
-                headers[f"x-ratelimit-remaining-{kind}"] = str(max(int(bucket.level), 0))
-                headers[f"x-ratelimit-reset-{kind}"] = _format_duration((limit - bucket.level) * 60 / limit)
-        return _Admission(headers, wait, wants[worst][0], wants[worst][1])
+            for (kind, per_minute, _), limit in zip(wants, limits):
+                shown = limit.minute if config.headers_show_minute else limit.enforced
+                level = shown.level()
+                headers[f"x-ratelimit-limit-{kind}"] = str(per_minute)
+                headers[f"x-ratelimit-remaining-{kind}"] = str(max(math.floor(level), 0))
+                headers[f"x-ratelimit-reset-{kind}"] = _format_duration((shown.capacity - level) / shown.refill_per_s)
+        return _Admission(headers, waits[worst], wants[worst][0], wants[worst][1])
 
-    def _refilled(self, key: str, kind: str, limit: int, now: float) -> _Bucket:
-        bucket = self._buckets.get((key, kind))
-        if bucket is None:
-            bucket = self._buckets[(key, kind)] = _Bucket(float(limit), now)
-        bucket.level = min(float(limit), bucket.level + (now - bucket.updated) * limit / 60)
-        bucket.updated = now
-        return bucket
+    def _limit(self, key: str, kind: str, per_minute: int, window_s: float) -> _Limit:
+        limit = self._limits.get((key, kind))
+        if limit is None or (limit.per_minute, limit.window_s) != (per_minute, window_s):
+            limit = self._limits[(key, kind)] = _Limit.new(per_minute, window_s)
+        return limit
 
 
 def _rate_limited(admission: _Admission, cost: int, headers: dict[str, str]) -> web.Response:
@@ -741,7 +758,7 @@ class MockServer(AppThread):
         if config.rpm_limit or config.tpm_limit:
             key = request.headers.get("Authorization", "")
             with self._lock:
-                admission = self._limiter.admit(key, job.cost, config, time.monotonic())
+                admission = self._limiter.admit(key, job.cost, config)
             headers.update(admission.headers)
             if admission.wait_s:
                 return _rate_limited(admission, job.cost, headers)
@@ -816,12 +833,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added before every response")
     parser.add_argument("--rpm", type=int, default=None, help="requests-per-minute limit per API key")
     parser.add_argument("--tpm", type=int, default=None, help="tokens-per-minute limit per API key")
+    parser.add_argument("--rate-window", type=float, default=60.0, metavar="S", help="enforce the limits over S seconds (default 60; 1 = per second)")
     parser.add_argument("--certfile", default=None, help="PEM certificate chain: serve HTTPS (needs --keyfile)")
     parser.add_argument("--keyfile", default=None, help="PEM private key of --certfile")
     args = parser.parse_args(argv)
     if (args.certfile is None) != (args.keyfile is None):
         parser.error("--certfile and --keyfile go together")
-    config = MockConfig(latency_s=args.latency, rpm_limit=args.rpm, tpm_limit=args.tpm)
+    config = MockConfig(latency_s=args.latency, rpm_limit=args.rpm, tpm_limit=args.tpm, rate_window_s=args.rate_window)
     ssl_context = None
     if args.certfile is not None:
         ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

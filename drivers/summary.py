@@ -20,6 +20,7 @@ class ExitCode(enum.IntEnum):
     USAGE = 1
     SOME_FAILED = 2
     INVALID_INPUT = 3
+    DEADLINE = 4
     INTERRUPTED = 130
 
     @property
@@ -32,6 +33,7 @@ _MEANINGS = {
     ExitCode.USAGE: "bad flags or an unreadable input file: nothing was sent",
     ExitCode.SOME_FAILED: "the output has failed records, invalid lines or requests not run (budget)",
     ExitCode.INVALID_INPUT: "--strict found bad lines: nothing was sent",
+    ExitCode.DEADLINE: "--deadline reached: what completed is written; the same command resumes",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C): what completed is written; the same command resumes",
 }
 
@@ -68,10 +70,12 @@ class RunSummary(BaseModel):
     """What the records kept from earlier runs cost; a budget covers them too."""
     wall_s: float = 0.0
     interrupted: bool = False
+    """Stopped before the end, by Ctrl-C or ``--deadline``."""
+    deadline_reached: bool = False
     abandoned: int = 0
+    """Requests still open when an interrupted run gave up waiting: sent (perhaps billed), no record."""
     resent: int = 0
     """Requests sent again because their adapter died under them: each may be billed twice."""
-    """Requests still open when an interrupted run gave up waiting: sent (perhaps billed), no record."""
     rate: RateReport | None = None
     """Achieved rate against the scope's limits, and the 429s (when the run got that far)."""
 
@@ -106,7 +110,7 @@ class RunSummary(BaseModel):
     @property
     def exit_code(self) -> ExitCode:
         if self.interrupted:
-            return ExitCode.INTERRUPTED
+            return ExitCode.DEADLINE if self.deadline_reached else ExitCode.INTERRUPTED
         all_ok = self.written == self.succeeded and self.already_failed == 0
         return ExitCode.OK if all_ok else ExitCode.SOME_FAILED
 
@@ -138,7 +142,8 @@ class RunSummary(BaseModel):
                 " (sent, perhaps billed, no record): the same command sends them again"
             )
         if self.interrupted:
-            lines.append(f"interrupted: run the same command again to resume into {self.output}")
+            why = "deadline reached" if self.deadline_reached else "interrupted"
+            lines.append(f"{why}: run the same command again to resume into {self.output}")
         return "\n".join(lines)
 
     def _render_budget(self, budget_usd: float) -> str:

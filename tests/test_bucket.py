@@ -493,6 +493,7 @@ def test_snapshot_fields(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
     assert run(loop, main) == {
         "rpm": 60,
         "tpm": 600,
+        "burst_s": 60.0,
         "requests_available": at(0),
         "tokens_available": at(550),
         "queued": 1,

@@ -21,10 +21,18 @@ def report(**fields: object) -> Report:
 
 
 def make(
-    clock: VirtualClock, rpm: int | None = 600, tpm: int | None = None, *, policy: LeasePolicy | None = None, headroom_s: float = 0.0, **kwargs: object
+    clock: VirtualClock,
+    rpm: int | None = 600,
+    tpm: int | None = None,
+    *,
+    policy: LeasePolicy | None = None,
+    headroom_s: float = 0.0,
+    burst_s: float = 60.0,
+    **kwargs: object,
 ) -> Coordinator:
-    """A coordinator whose bucket holds the full minute, unless ``headroom_s`` says otherwise."""
-    policy = (policy or LeasePolicy()).model_copy(update={"headroom_s": headroom_s})
+    """A coordinator whose bucket holds the full minute (a server that allows a minute's
+    burst at once), unless ``headroom_s`` or ``burst_s`` say otherwise."""
+    policy = (policy or LeasePolicy()).model_copy(update={"headroom_s": headroom_s, "initial_burst_s": burst_s})
     return Coordinator(scope="s", endpoint="http://x/v1", model="m", limits=Limits(rpm=rpm, tpm=tpm), clock=clock, policy=policy, **kwargs)  # type: ignore[arg-type]
 
 
@@ -71,7 +79,7 @@ def test_lease_waits_for_need_and_takes_want_only_if_spare(loop: VirtualTimeLoop
 
 
 def test_lease_at_the_limit_waits_only_for_what_is_waiting(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
-    coordinator = make(clock, rpm=60, policy=LeasePolicy(max_lease_s=60.0))  # 1 request/s
+    coordinator = make(clock, rpm=60, policy=LeasePolicy(max_lease_s=60.0, burst_share=1.0))  # 1 request/s
 
     async def main() -> None:
         await coordinator.lease(ask(want=60))
@@ -82,7 +90,7 @@ def test_lease_at_the_limit_waits_only_for_what_is_waiting(loop: VirtualTimeLoop
 
 
 def test_leases_wait_in_order_for_the_budget(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
-    coordinator = make(clock, rpm=60, policy=LeasePolicy(max_lease_s=60.0))  # 1 request/s
+    coordinator = make(clock, rpm=60, policy=LeasePolicy(max_lease_s=60.0, burst_share=1.0))  # 1 request/s
     granted: list[tuple[str, float]] = []
 
     async def lease(client: str, want: int) -> None:
@@ -99,7 +107,7 @@ def test_leases_wait_in_order_for_the_budget(loop: VirtualTimeLoop, clock: Virtu
 
 
 def test_returned_capacity_is_leased_again_at_once(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
-    coordinator = make(clock, rpm=60, policy=LeasePolicy(max_lease_s=60.0))
+    coordinator = make(clock, rpm=60, policy=LeasePolicy(max_lease_s=60.0, burst_share=1.0))
 
     async def main() -> float:
         await coordinator.lease(ask("a", want=60))
@@ -146,7 +154,7 @@ def test_reconcile_refunds_surplus_and_charges_overrun(loop: VirtualTimeLoop, cl
 
 
 def test_fallback_spending_is_charged_as_debt(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
-    coordinator = make(clock, rpm=60, policy=LeasePolicy(max_lease_s=60.0))
+    coordinator = make(clock, rpm=60, policy=LeasePolicy(max_lease_s=60.0, burst_share=1.0))
 
     async def main() -> float:
         await coordinator.lease(ask(want=50))
@@ -159,7 +167,7 @@ def test_fallback_spending_is_charged_as_debt(loop: VirtualTimeLoop, clock: Virt
 
 
 def test_a_report_sent_twice_is_applied_once(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
-    coordinator = make(clock, rpm=60, policy=LeasePolicy(max_lease_s=60.0))
+    coordinator = make(clock, rpm=60, policy=LeasePolicy(max_lease_s=60.0, burst_share=1.0))
     returned = report(returned_requests=10, sent=5)
 
     async def main() -> None:
@@ -335,7 +343,7 @@ def test_bucket_tightens_when_the_server_has_less_left(loop: VirtualTimeLoop, cl
 
 
 def test_insufficient_quota_stops_the_scope(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
-    coordinator = make(clock, rpm=60, policy=LeasePolicy(max_lease_s=60.0))
+    coordinator = make(clock, rpm=60, policy=LeasePolicy(max_lease_s=60.0, burst_share=1.0))
 
     async def main() -> None:
         first = await coordinator.lease(ask("a", want=60))

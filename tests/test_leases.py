@@ -82,8 +82,9 @@ class DirectLink:
 
 
 def coordinator(clock: VirtualClock, rpm: int | None = 600, tpm: int | None = None, *, policy: LeasePolicy | None = None, **kwargs: Any) -> Coordinator:
-    """A coordinator whose bucket holds the full minute (no headroom), so the arithmetic stays plain."""
-    policy = (policy or LeasePolicy()).model_copy(update={"headroom_s": 0.0})
+    """A coordinator whose bucket holds the full minute (no headroom, a server that allows a
+    minute's burst), so the arithmetic stays plain."""
+    policy = (policy or LeasePolicy()).model_copy(update={"headroom_s": 0.0, "initial_burst_s": 60.0})
     return Coordinator(scope="s", endpoint="e", model="m", limits=Limits(rpm=rpm, tpm=tpm), clock=clock, policy=policy, **kwargs)
 
 
@@ -172,7 +173,7 @@ def test_settled_surplus_is_spent_locally_without_a_call(loop: VirtualTimeLoop, 
 
 
 def test_expired_lease_goes_back_to_the_scope(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
-    policy = LeasePolicy(horizon_s=20, ttl_s=30, max_lease_s=60)
+    policy = LeasePolicy(horizon_s=20, ttl_s=30, max_lease_s=60, burst_share=1.0)
     scope = coordinator(clock, rpm=60, restarted=True, policy=policy)  # 1/s, empty
     link = DirectLink(scope)
     limiter = client(link, clock, policy=policy)
@@ -193,7 +194,7 @@ def test_expired_lease_goes_back_to_the_scope(loop: VirtualTimeLoop, clock: Virt
 
 
 def test_one_lease_call_at_a_time_and_waiters_in_order(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
-    link = DirectLink(coordinator(clock, rpm=60, restarted=True, policy=LeasePolicy(max_lease_s=60)))
+    link = DirectLink(coordinator(clock, rpm=60, restarted=True, policy=LeasePolicy(max_lease_s=60, burst_share=1.0)))
     limiter = client(link, clock)
     order: list[int] = []
 
@@ -213,7 +214,7 @@ def test_one_lease_call_at_a_time_and_waiters_in_order(loop: VirtualTimeLoop, cl
 
 
 def test_cancelled_waiter_leaves_its_permit(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
-    link = DirectLink(coordinator(clock, rpm=60, restarted=True, policy=LeasePolicy(max_lease_s=60)))
+    link = DirectLink(coordinator(clock, rpm=60, restarted=True, policy=LeasePolicy(max_lease_s=60, burst_share=1.0)))
     limiter = client(link, clock)
 
     async def main() -> None:

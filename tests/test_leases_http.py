@@ -71,12 +71,12 @@ def test_observation_from_openai_headers() -> None:
 
 
 def test_429_pause_prefers_retry_after_then_the_reset_of_what_ran_out() -> None:
-    assert rate_limit_event(rate_limit_error({"retry-after-ms": "1500", "retry-after": "2"})).pause_s == 1.5
-    assert rate_limit_event(rate_limit_error({"retry-after": "3"})).pause_s == 3.0
+    assert rate_limit_event(rate_limit_error({"retry-after-ms": "1500", "retry-after": "2"}), 10).pause_s == 1.5
+    assert rate_limit_event(rate_limit_error({"retry-after": "3"}), 10).pause_s == 3.0
     exhausted = {"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "2.5s"}
-    assert rate_limit_event(rate_limit_error(exhausted)).pause_s == 2.5
-    assert rate_limit_event(rate_limit_error({})).pause_s == DEFAULT_PAUSE_S
-    fatal = rate_limit_event(rate_limit_error({}, code="insufficient_quota"))
+    assert rate_limit_event(rate_limit_error(exhausted), 10).pause_s == 2.5
+    assert rate_limit_event(rate_limit_error({}), 10).pause_s == DEFAULT_PAUSE_S
+    fatal = rate_limit_event(rate_limit_error({}, code="insufficient_quota"), 10)
     assert fatal.fatal is not None and fatal.fatal.code == "insufficient_quota"
 
 
