@@ -121,6 +121,14 @@ class TokenBucket:
         self._capacity = float(capacity)
         self._rate = float(refill_per_s)
 
+    def resize(self, capacity: float) -> None:
+        """Change the capacity keeping what is missing: a larger bucket gains the difference
+        (the server that allows it has it too), a smaller one keeps at most its capacity."""
+        _check_limit(capacity, self._rate)
+        self._refill()
+        self._level = min(self._level + max(capacity - self._capacity, 0.0), capacity)
+        self._capacity = float(capacity)
+
     def clamp_to(self, level: float) -> None:
         """Lower the level to at most ``level`` (the server says fewer remain)."""
         self._refill()
@@ -298,12 +306,13 @@ class RateBudget:
         return self._burst_s
 
     def set_burst_s(self, burst_s: float) -> None:
-        """Adopt a newly learned enforcement window; each bucket keeps its available fraction."""
+        """Adopt a newly learned enforcement window: each bucket is resized keeping what it
+        lacks, so a scope that learns it may burst a minute can do so at once."""
         _check_burst(burst_s)
         self._burst_s = burst_s
         for bucket in (self._rpm, self._tpm):
             if bucket is not None:
-                bucket.set_limit(self._capacity(bucket.refill_per_s * 60), bucket.refill_per_s)
+                bucket.resize(self._capacity(bucket.refill_per_s * 60))
         self._dispatch()
 
     def _updated(self, bucket: TokenBucket | None, per_minute: float) -> TokenBucket | None:

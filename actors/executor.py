@@ -5,9 +5,8 @@ whose per-request machinery cost about a tenth of an adapter's CPU; a failure en
 the loop, which replays it as attempt 1 and decides, waits and retries from there, so
 every failure goes through the one retry policy.
 
-A 429 for the rate limit is not a failure when the limiter paces and pauses (a coordinator
-or a local budget): the limiter pauses, and the request waits its turn and goes again,
-within the same attempt. Only Ctrl-C or the run's deadline ends that wait. Attempts are
+A 429 for the rate limit is not a failure while a coordinator governs the scope: the scope
+pauses, and the request waits its turn and goes again, within the same attempt. Only Ctrl-C or the run's deadline ends that wait. Attempts are
 for real failures (5xx, connection errors, timeouts); ``TaskResult.attempts`` counts every
 request sent.
 

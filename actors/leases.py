@@ -192,6 +192,8 @@ class _RateMeter:
 class LeaseClient(Limiter):
     """Spends capacity leased from the scope's coordinator; see the module docstring."""
 
+    waits_out_rate_limits = True
+
     def __init__(
         self,
         link: CoordinatorLink,

@@ -48,9 +48,10 @@ class Permit:
 class Limiter(abc.ABC):
     """The adapter's side of rate limiting; one per adapter, bound to its event loop."""
 
-    waits_out_rate_limits = True
-    """A 429 pauses this limiter, so the request waits and goes again without using one of
-    its attempts: only a limiter that paces and pauses can promise the wait will end."""
+    waits_out_rate_limits = False
+    """A 429 pauses the whole scope this limiter governs with others, so the request waits
+    and goes again without using one of its attempts (the coordinated limiter). A limiter
+    blind to the other adapters cannot promise its wait ends, so 429s use attempts there."""
 
     @abc.abstractmethod
     async def acquire(self, tokens: int) -> Permit:
@@ -119,8 +120,6 @@ class _FreeAttempt(Attempt):
 
 class NoLimit(Limiter):
     """No limit configured: attempts go straight out (the server's 429s are retried as usual)."""
-
-    waits_out_rate_limits = False
 
     async def acquire(self, tokens: int) -> Permit:
         return Permit(tokens)

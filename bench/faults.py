@@ -19,6 +19,9 @@ seconds per request, and runs each scenario as ``python -m drivers.cli run ... -
   the node dead, when the first lost request reached the endpoint again (sent by the driver
   after its ``RayActorError``) and where the adapters came back. The next scenario gets a new
   worker node.
+* ``node_frozen``: the same node loss without closing anything: SIGSTOP of the worker node's
+  raylet and every process under it (a hung machine or a network partition), so only the
+  GCS's health checks can tell; the node is removed after the run.
 * ``coordinator_kill``: with ``--rpm`` given and the fake endpoint enforcing that limit, at
   ~50% of the output kill -9 the scope's rate-limit coordinator; Ray restarts it (empty).
   The row counts the endpoint's 429s.
@@ -72,8 +75,9 @@ KEY = "sk-bench-not-a-key"
 ADAPTER_CLASS = "OpenAIAdapter"
 COORDINATOR_PREFIX = "rayfan-limits-"
 FAULTS = ("status=500", "status=503", "drop", "invalid_json")
-SCENARIOS = ("baseline", "adapter_kill", "node_removed", "coordinator_kill", "driver_kill", "ctrl_c", "endpoint_faults")
-FAULT_SCENARIOS = ("adapter_kill", "node_removed", "coordinator_kill", "driver_kill", "ctrl_c")
+SCENARIOS = ("baseline", "adapter_kill", "node_removed", "node_frozen", "coordinator_kill", "driver_kill", "ctrl_c", "endpoint_faults")
+ANSWER = "answer: "
+"""Marks the probe's answers on its stdout."""
 POLL_S = 0.02
 """How often a wait re-checks its condition (the output's line count, a process, the probe)."""
 
@@ -147,26 +151,34 @@ def _probe_main(address: str) -> None:
             found = {node["NodeID"]: node["Alive"] for node in ray.nodes()}
         else:
             found = None
-        print(json.dumps(found), flush=True)
+        print(ANSWER + json.dumps(found), flush=True)
 
 
 class _Pipe:
     """A helper subprocess driven line by line over stdin/stdout."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, marked: bool = False) -> None:
+        self.marked = marked
+        self.name = " ".join(args)
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
         self.process = subprocess.Popen(
             [sys.executable, __file__, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env
         )
 
     def ask(self, line: str) -> str:
+        """Sends one command; returns the answer line (after ``ANSWER`` when the helper marks its
+        answers, since Ray may print its own lines to a driver's stdout)."""
         assert self.process.stdin is not None and self.process.stdout is not None
         self.process.stdin.write(line + "\n")
         self.process.stdin.flush()
-        answer = self.process.stdout.readline()
-        if not answer:
-            raise RuntimeError(f"helper {self.process.args[2:]} exited ({self.process.poll()})")
-        return answer.strip()
+        while True:
+            answer = self.process.stdout.readline()
+            if not answer:
+                raise RuntimeError(f"helper {self.name!r} exited ({self.process.poll()})")
+            if not self.marked:
+                return answer.strip()
+            if answer.startswith(ANSWER):
+                return answer[len(ANSWER) :].strip()
 
     def close(self) -> None:
         try:
@@ -261,7 +273,7 @@ def bench(
         assert server.process.stdout is not None
         base_url = server.process.stdout.readline().strip()
         assert base_url.startswith("http"), f"the fake server did not start: {base_url!r}"
-        probe = _Pipe("_probe", cluster.address)
+        probe = _Pipe("_probe", cluster.address, marked=True)
         yield Bench(cluster, base_url, server, probe, workdir, adapters, max_in_flight, timeout, latency)
     finally:
         for helper in (probe, server):
@@ -427,8 +439,7 @@ def measure(run: Run, prompts: dict[str, str]) -> dict:
     # sent by the dead driver's adapters (orphans), not by any live driver
     gaps = [(kill, min((t for t in run.start_times if t > kill), default=float("inf"))) for kill in run.kill_times]
     after_kill = sum(any(kill < entry["at"] < start for kill, start in gaps) for entry in log)
-    attempts = [(record.get("rayfan") or {}).get("attempts") for record in records]
-    attempts = [a for a in attempts if isinstance(a, int)]
+    attempts: list[int] = [a for record in records if isinstance(a := (record.get("rayfan") or {}).get("attempts"), int)]
     stdout = run.out.with_suffix(".stdout").read_text()
     resent = sum(int(line.split()[1]) for line in stdout.splitlines() if line.startswith("resent:"))
     return {
@@ -491,67 +502,118 @@ def scenario_adapter_kill(b: Bench, requests: int, at: float = 0.3) -> dict:
 
 
 def scenario_node_removed(b: Bench, requests: int, at: float = 0.3) -> dict:
-    """Remove the worker node once it holds adapters of this run; time what follows."""
-    run, prompts = _new_run(b, "node_removed", requests)
+    """Remove the worker node (SIGKILL of its raylet and processes) once it holds adapters of this run."""
+    return _lose_node(b, "node_removed", requests, at, freeze=False)
+
+
+def scenario_node_frozen(b: Bench, requests: int, at: float = 0.3) -> dict:
+    """SIGSTOP the worker node's raylet and processes (a hung machine, a partition: no
+    connection is closed, so only the GCS's health checks can tell); removed at the end."""
+    return _lose_node(b, "node_frozen", requests, at, freeze=True)
+
+
+def _lose_node(b: Bench, name: str, requests: int, at: float, *, freeze: bool) -> dict:
+    """Lose the worker node once it holds adapters of this run and the output has its lines;
+    time what follows (``_follow_node_loss``, ``_first_resend``)."""
+    run, prompts = _new_run(b, name, requests)
     node = next(iter(b.cluster.worker_nodes))
     node_id = str(node.node_id)
     run.start()
     victims: list[dict] = []
 
     def ready() -> bool:
-        if not victims:
-            victims.extend(a for a in run.own_actors() if a["class"] == ADAPTER_CLASS and a["node"] == node_id)
+        victims[:] = [a for a in run.own_actors() if a["class"] == ADAPTER_CLASS and a["node"] == node_id]
         return bool(victims) and lines_in(run.out) >= max(1, int(at * requests))
 
     if not run.wait_until(ready, f"{int(at * requests)} lines and an adapter on the worker node"):
         run.finish()
         return measure(run, prompts)
-    coordinators = [a["id"] for a in b.actors() if a["name"].startswith(COORDINATOR_PREFIX) and a["state"] == "ALIVE" and a["node"] == node_id]
+    on_node = [a for a in b.actors() if a["state"] == "ALIVE" and a["node"] == node_id and a["name"].startswith(COORDINATOR_PREFIX)]
     lines_then = lines_in(run.out)
-    removed_at = time.monotonic()
-    b.cluster.remove_node(node, allow_graceful=False)
+    frozen: list[int] = []
+    lost_at = time.monotonic()
+    if freeze:
+        frozen = _node_pids(node)
+        for pid in frozen:
+            _signal_quietly(pid, signal.SIGSTOP)
+    else:
+        b.cluster.remove_node(node, allow_graceful=False)
     run.kills += 1
-    run.notes.append(
-        f"removed the worker node with {len(victims)} adapters at {lines_then} lines"
-        + (f" (and {len(coordinators)} coordinator)" if coordinators else "")
-    )
-    _follow_node_loss(run, node_id, {v["id"] for v in victims}, removed_at)
-    run.finish()
+    what = "froze" if freeze else "removed"
+    coordinator = " (and the coordinator)" if on_node else ""
+    run.notes.append(f"{what} the worker node with {len(victims)} of this run's adapters{coordinator} at {lines_then} lines")
+    try:
+        _follow_node_loss(run, node_id, {v["id"] for v in victims}, lost_at)
+        run.finish()
+    finally:
+        if freeze:
+            for pid in frozen:
+                _signal_quietly(pid, signal.SIGKILL)
+            b.cluster.remove_node(node, allow_graceful=False)
     row = measure(run, prompts)
-    row["first_resend_s"] = _first_resend(row, removed_at, b.answered())
+    row["first_resend_s"] = _first_resend(b.answered(), lost_at)
     return row
 
 
-def _follow_node_loss(run: Run, node_id: str, victims: set[str], removed_at: float) -> None:
-    """Polls the GCS while rayfan runs: when the node is marked dead, when each lost adapter
-    is alive again and on which node (``run.facts``)."""
+def _node_pids(node: Any) -> list[int]:
+    """The node's own processes (raylet, agents) and every process under them (its workers)."""
+    from ray._private import ray_constants
+
+    roots = {info.process.pid for kind, infos in node.all_processes.items() if kind != ray_constants.PROCESS_TYPE_REAPER for info in infos}
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(roots), set(roots)
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return sorted(found)
+
+
+def _signal_quietly(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _follow_node_loss(run: Run, node_id: str, victims: set[str], lost_at: float) -> None:
+    """Polls the GCS while rayfan runs: when it marks the node dead, when each lost adapter is
+    alive again and on which node (into ``run.facts``, seconds after ``lost_at``)."""
     b = run.bench
     node_dead_s: float | None = None
-    back: dict[str, tuple[float, str, int]] = {}
+    back: dict[str, tuple[float, str]] = {}
     while run.running() and (node_dead_s is None or len(back) < len(victims)):
-        now = time.monotonic() - removed_at
+        now = time.monotonic() - lost_at
         if node_dead_s is None and not b.nodes().get(node_id, False):
             node_dead_s = now
         for actor in b.actors():
             if actor["id"] in victims and actor["id"] not in back and actor["state"] == "ALIVE" and actor["node"] != node_id:
-                back[actor["id"]] = (now, actor["node"], actor["restarts"])
+                back[actor["id"]] = (now, actor["node"])
         if now > b.timeout:
             break
         time.sleep(POLL_S * 5)
     run.facts["node_dead_s"] = node_dead_s
-    run.facts["restarted_s"] = max((t for t, _, _ in back.values()), default=None)
-    run.facts["restarted_on_head"] = sum(node == b.head_node_id for _, node, _ in back.values())
-    run.facts["restarted"] = len(back)
+    run.facts["restarted_s"] = max((t for t, _ in back.values()), default=None)
     run.facts["lost_adapters"] = len(victims)
+    run.facts["restarted"] = len(back)
+    run.facts["restarted_on_head"] = sum(node == b.head_node_id for _, node in back.values())
 
 
-def _first_resend(row: dict, removed_at: float, log: list[dict]) -> float | None:
-    """Seconds from the node's removal to the first request for a prompt already sent before it
-    (one the dead node had open) reaching the endpoint again: the driver got its
-    ``RayActorError`` and sent the batch's open tasks to a live adapter."""
-    before = {entry["prompt"] for entry in log if entry["at"] < removed_at}
-    again = [entry["at"] for entry in log if entry["at"] >= removed_at and entry["prompt"] in before]
-    return (min(again) - removed_at) if again else None
+def _first_resend(log: list[dict], lost_at: float) -> float | None:
+    """Seconds from the loss to the first request for a prompt the endpoint had seen before
+    reaching it again: the driver got its ``RayActorError`` for the lost batches and sent
+    their open tasks to a live adapter (no other fault in this run sends a prompt twice)."""
+    seen: set[str] = set()
+    for entry in sorted(log, key=lambda entry: entry["at"]):
+        if entry["prompt"] in seen:
+            return float(entry["at"]) - lost_at
+        seen.add(entry["prompt"])
+    return None
 
 
 def scenario_coordinator_kill(b: Bench, requests: int, at: float = 0.5, rpm: int | None = None) -> dict:
@@ -625,16 +687,18 @@ SCENARIO_FUNCTIONS: dict[str, Callable[[Bench, int], dict]] = {
     "baseline": scenario_baseline,
     "adapter_kill": scenario_adapter_kill,
     "node_removed": scenario_node_removed,
+    "node_frozen": scenario_node_frozen,
     "coordinator_kill": scenario_coordinator_kill,
     "driver_kill": scenario_driver_kill,
     "ctrl_c": scenario_ctrl_c,
     "endpoint_faults": scenario_endpoint_faults,
 }
-EXPECTED_KILLS = {"adapter_kill": 1, "node_removed": 1, "coordinator_kill": 1, "driver_kill": 3, "ctrl_c": 1}
+EXPECTED_KILLS = {"adapter_kill": 1, "node_removed": 1, "node_frozen": 1, "coordinator_kill": 1, "driver_kill": 3, "ctrl_c": 1}
 LABELS = {
     "baseline": "baseline",
     "adapter_kill": "adapter kill -9",
     "node_removed": "worker node removed",
+    "node_frozen": "worker node frozen",
     "coordinator_kill": "coordinator kill -9",
     "driver_kill": "driver kill -9 x3",
     "ctrl_c": "Ctrl-C then resume",
@@ -707,7 +771,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown scenarios {sorted(unknown)}")
     rows = []
-    config = {} if args.ray_default_health_checks else None
+    config: dict[str, int] | None = {} if args.ray_default_health_checks else None
     with bench(
         args.latency, adapters=args.adapters, max_in_flight=args.max_in_flight, timeout=args.timeout, workdir=args.keep, system_config=config
     ) as b:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import ray
 from ray.actor import ActorHandle
@@ -27,9 +28,12 @@ sent again by the dispatcher, never retried by Ray (``max_task_retries=0``), so 
 
 
 def connect(address: str | None) -> None:
-    """Start a local Ray, or join the cluster at ``address``; a no-op when already connected."""
+    """Join the cluster at ``address`` (or ``RAY_ADDRESS``, as ``ray job submit`` sets it), else
+    start a Ray of our own: never one merely found running on this machine, whose nodes
+    someone else may stop. A no-op when already connected."""
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, include_dashboard=False)
 
 

@@ -17,7 +17,7 @@ from ray.exceptions import RayActorError
 
 from actors.adapter import AdapterStats
 from actors.leases import CoordinatedLimit
-from actors.limits import Limits
+from actors.limits import CoordinatorSnapshot, Limits
 from drivers.fanout import get_each
 
 
@@ -27,6 +27,8 @@ class RateReport(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     limits: Limits
+    burst_s: float | None = None
+    """The window the coordinator found the server enforcing its limits over (None: gone)."""
     requests: int
     """HTTP attempts sent, retries included."""
     rate_limited: int
@@ -44,10 +46,11 @@ class RateReport(BaseModel):
 
     def render(self) -> str:
         rejected = self.rate_limited / self.requests if self.requests else 0.0
+        window = "" if self.burst_s is None or not self.limits.known else f"; bursts of at most {self.burst_s:.3g} s of the limit"
         return (
             f"rate: {self.requests_per_min:,.0f} requests/min{_of(self.requests_per_min, self.limits.rpm, 'RPM')},"
             f" {self.tokens_per_min:,.0f} tokens/min{_of(self.tokens_per_min, self.limits.tpm, 'TPM')};"
-            f" {self.rate_limited} answered 429 ({rejected:.1%} of {self.requests} requests)"
+            f" {self.rate_limited} answered 429 ({rejected:.1%} of {self.requests} requests){window}"
         )
 
 
@@ -61,11 +64,12 @@ def close_and_report(adapters: Sequence[ActorHandle], limit: CoordinatedLimit, w
     _values([adapter.close.remote() for adapter in adapters])
     stats: list[AdapterStats] = _values([adapter.stats.remote() for adapter in adapters])
     try:
-        limits: Limits = ray.get(limit.coordinator.snapshot.remote()).limits
+        snapshot: CoordinatorSnapshot | None = ray.get(limit.coordinator.snapshot.remote())
     except RayActorError:
-        limits = limit.limits
+        snapshot = None
     return RateReport(
-        limits=limits,
+        limits=limit.limits if snapshot is None else snapshot.limits,
+        burst_s=None if snapshot is None else snapshot.burst_s,
         requests=sum(s.requests for s in stats),
         rate_limited=sum(s.rate_limited for s in stats),
         tokens=sum(s.prompt_tokens + s.completion_tokens for s in stats),

@@ -43,7 +43,7 @@ def ray_session() -> Iterator[None]:
         # Ray's workers inherit this environment: no test may find a developer's real key there.
         patch.delenv("OPENAI_API_KEY", raising=False)
         patch.delenv("OPENAI_BASE_URL", raising=False)
-        ray.init(num_cpus=2, include_dashboard=True, logging_level=logging.WARNING, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=True, logging_level=logging.WARNING, log_to_driver=False)
     yield
     ray.shutdown()
 

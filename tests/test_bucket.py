@@ -649,3 +649,16 @@ def test_headroom_holds_the_buckets_below_a_full_minute(loop: VirtualTimeLoop, c
     assert (snap["rpm"], snap["tpm"], snap["requests_available"], snap["tokens_available"]) == (1200, 6000, at(1140), at(5700))
     with pytest.raises(ValueError, match="headroom"):
         RateBudget(rpm=60, tpm=None, headroom_s=60)
+
+
+def test_resize_keeps_what_is_missing() -> None:
+    clock = VirtualClock()
+    bucket = TokenBucket(10, 10, clock=clock)
+    bucket.take(8)
+    bucket.resize(600)
+    assert bucket.level() == at(592)  # 8 short of full, as before
+    bucket.resize(5)
+    assert bucket.level() == at(5)  # no more than it holds
+    bucket.take(7)
+    bucket.resize(20)
+    assert bucket.level() == at(13)  # debt of 2 kept, capacity grown by 15

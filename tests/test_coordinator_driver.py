@@ -17,6 +17,7 @@ from drivers.cli import main
 from drivers.cluster import shared_limit
 from drivers.limits import RateReport, close_and_report
 from drivers.mock_server import MockServer
+from drivers.summary import ExitCode
 
 KEY = "sk-test-driver-scope"
 
@@ -26,8 +27,10 @@ def test_rate_report_renders_achieved_rate_against_the_limits() -> None:
     assert report.render() == (
         "rate: 1,200 requests/min (1.00 of the 1,200 RPM limit), 30,000 tokens/min; 3 answered 429 (0.1% of 2400 requests)"
     )
-    nothing = RateReport(limits=Limits(), requests=0, rate_limited=0, tokens=0, wall_s=0.0)
+    nothing = RateReport(limits=Limits(), requests=0, rate_limited=0, tokens=0, wall_s=0.0, burst_s=1.0)
     assert nothing.render() == "rate: 0 requests/min, 0 tokens/min; 0 answered 429 (0.0% of 0 requests)"
+    metered = report.model_copy(update={"burst_s": 0.5})
+    assert metered.render().endswith("(0.1% of 2400 requests); bursts of at most 0.5 s of the limit")
 
 
 @pytest.mark.usefixtures("ray_session")
@@ -53,7 +56,32 @@ def test_run_with_limits_uses_the_coordinator_and_prints_the_rate(
     assert snap.limits == Limits(rpm=600, tpm=40_000)  # the lower of each
     rate_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("rate:"))
     assert "of the 600 RPM limit" in rate_line and "of the 40,000 TPM limit" in rate_line
-    assert rate_line.endswith("0 answered 429 (0.0% of 60 requests)")
+    assert rate_line.endswith("0 answered 429 (0.0% of 60 requests); bursts of at most 60 s of the limit")  # a minute's bucket
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_requests_wait_out_429s_until_the_deadline_then_a_rerun_resumes(
+    tmp_path: Path, server: MockServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A scope that never recovers: two requests are answered 429 every time. They neither
+    fail nor end the run; --deadline does, with exit code 4 and no record for them."""
+    monkeypatch.setenv("OPENAI_API_KEY", KEY + "-deadline")
+    source = tmp_path / "in.jsonl"
+    prompts = [f"question number {i}" for i in range(6)] + [f"blocked {i} [[mock status=429 retry_after_ms=200]]" for i in range(2)]
+    source.write_text("".join(json.dumps({"custom_id": f"r{i}", "prompt": p}) + "\n" for i, p in enumerate(prompts)))
+    out = tmp_path / "out.jsonl"
+    scope = scope_name(server.base_url, KEY + "-deadline", "gpt-4o-mini")
+    try:
+        code = main(["run", str(source), "-o", str(out), "--base-url", server.base_url, "--rpm", "6000", "--deadline", "3"])
+    finally:
+        ray.kill(ray.get_actor(scope, namespace=NAMESPACE))
+    assert code == ExitCode.DEADLINE
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(record["custom_id"] for record in records) == [f"r{i}" for i in range(6)]
+    assert all(record["error"] is None for record in records)
+    blocked = [entry for entry in server.requests() if entry.body and "blocked" in entry.body["messages"][0]["content"]]
+    assert len(blocked) > 2 * 5, "sent again and again, past the 5 attempts a failure gets"
+    assert "deadline reached: run the same command again" in capsys.readouterr().out
 
 
 @pytest.mark.usefixtures("ray_session")

@@ -76,6 +76,33 @@ def test_eight_adapters_share_one_coordinator_without_tripping_the_server(server
     assert snap.calls / snap.requests_sent < 0.2, snap
 
 
+@pytest.mark.parametrize("headers_show", ["the window", "a minute"])
+def test_a_server_metering_per_second_fails_nothing_and_the_scope_learns_its_window(server: MockServer, headers_show: str) -> None:
+    """2,400 RPM enforced per second (40 at once, 40 a second), limits learned, one attempt
+    per request: a 429 must be waited out, never fail. When the headers show the window, the
+    scope keeps to it from the start; when they show a minute (the server hides its
+    metering), the minute's burst it then tries is answered 429 and the window is halved."""
+    server.configure(rpm_limit=2400, rate_window_s=1.0, headers_show_minute=headers_show == "a minute", latency_s=0.05)
+    key = f"sk-test-per-second-{headers_show.replace(' ', '-')}"
+    coordinator = coordinator_for(server.base_url, key, MODEL)
+    adapters = start(4, server, key, CoordinatedLimit(coordinator=coordinator, adapters=4), retry=RetryPolicy(max_attempts=1))
+    try:
+        results = [result for _, result in fan_out(tasks(400, "ps"), adapters, max_in_flight=128)]
+        ray.get([adapter.close.remote() for adapter in adapters])
+        snap: CoordinatorSnapshot = ray.get(coordinator.snapshot.remote())
+    finally:
+        for actor in [*adapters, coordinator]:
+            ray.kill(actor)
+    assert [result.error for result in results if not result.ok] == []
+    seen = outcomes(server)
+    assert seen["ok"] == 400 and snap.learned == Limits(rpm=2400)
+    if headers_show == "the window":
+        assert snap.burst_s == pytest.approx(1.0, rel=0.1)
+        assert seen["error:429"] <= 8, seen  # at most 2%, from arrival jitter on a loaded machine
+    else:
+        assert seen["error:429"] >= 1 and snap.burst_s <= 1.0, (seen, snap)
+
+
 def test_without_the_coordinator_each_adapter_alone_trips_the_server(server: MockServer) -> None:
     """The per-process limiter everyone else ships: four adapters at "the limit" send four times it."""
     server.configure(rpm_limit=120, latency_s=0.02)
