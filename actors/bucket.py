@@ -266,6 +266,10 @@ class RateBudget:
             if not waiter.future.done():
                 waiter.future.set_exception(error())
 
+    def reopen(self) -> None:
+        """Undo ``shut``: grant again (a new run after the cause was fixed)."""
+        self._shut = None
+
     def reconcile(self, reserved_tokens: int, used_tokens: int) -> None:
         """Settle an estimate: refund the surplus, or charge the overrun as debt."""
         _check_amounts(reserved_tokens, used_tokens)

@@ -179,6 +179,15 @@ class Coordinator:
         self._given = Limits(rpm=limits.rpm or self._given.rpm, tpm=limits.tpm or self._given.tpm)
         self._update_limits()
 
+    async def reopen(self) -> None:
+        """A new run starts: a scope stopped by an earlier one (no credit, a rejected key, an
+        unreachable endpoint) sends again, since its user has had the chance to fix that;
+        if nothing was fixed, its first few requests stop it again."""
+        if self._stopped is not None:
+            self._stopped = None
+            self._budget.reopen()
+            self._bump()
+
     async def snapshot(self) -> CoordinatorSnapshot:
         now = self._clock()
         self._trim_window(now)
@@ -399,13 +408,13 @@ def coordinator_for(
     """The scope's coordinator, created on first use; later callers get the same actor.
 
     Detached, so it outlives the job that created it and other jobs on the cluster share
-    it. Limits given here are applied to an existing coordinator too.
+    it. Limits given here are applied to an existing coordinator too, and a scope an earlier
+    run stopped is reopened.
     """
     name = scope_name(endpoint, api_key, model)
     limits = limits or Limits()
     handle = RateLimitCoordinator.options(
         name=name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached"
     ).remote(scope=name, endpoint=endpoint, model=model, limits=limits, policy=policy or LeasePolicy())
-    if limits.known:
-        ray.get(handle.configure.remote(limits))
+    ray.get([handle.reopen.remote(), *([handle.configure.remote(limits)] if limits.known else [])])
     return handle

@@ -24,7 +24,7 @@ import time
 import openai
 from pydantic import BaseModel
 
-from actors.connection import Connection
+from actors.connection import Connection, permanent_cause
 from actors.endpoints import SENDERS, OnDelta, Reply
 from actors.errors import ScopeStopped
 from actors.limiter import Limiter
@@ -36,9 +36,11 @@ from actors.task_table import TaskRecord
 
 log = logging.getLogger(__name__)
 
-KEY_REJECTED_AFTER = 3
-"""Consecutive 401/403 answers after which the key is taken as revoked or wrong and the
-scope stops: a million requests should not each learn it from the server."""
+STOP_AFTER = 3
+"""Consecutive requests that show the scope cannot work after which it stops: 401/403
+answers (the key is revoked or wrong: ``key_rejected``), or failures no wait can fix on the
+way there (an untrusted certificate, a host that does not exist, a proxy that refuses us:
+``endpoint_unreachable``). A million requests should not each learn it."""
 
 
 class AdapterStats(BaseModel):
@@ -72,7 +74,8 @@ class TaskExecutor:
         self._retry = retry
         self._prices = prices
         self._slots = asyncio.Semaphore(max_in_flight)
-        self._rejections_in_a_row = 0
+        self._stop_streak: tuple[str, int] | None = None
+        """The failure the last requests in a row ended with, and how many (see STOP_AFTER)."""
         self.max_in_flight = max_in_flight
         self.stats = AdapterStats()
 
@@ -141,21 +144,27 @@ class TaskExecutor:
                     log.error("%s: insufficient_quota: the account has no credit left; not retrying", task.custom_id)
                 raise
             except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
-                await self._key_rejected(error)
+                reason = describe_error(error)
+                await self._count_towards_stop("key_rejected", f"answered {reason.status_code} ({reason.message}); the key was rejected")
                 raise
-            self._rejections_in_a_row = 0
+            except openai.APIConnectionError as error:
+                if permanent_cause(error) is not None:
+                    reason = describe_error(error)
+                    await self._count_towards_stop("endpoint_unreachable", f"failed with {reason.code} ({reason.message})")
+                raise
+            self._stop_streak = None
             limited.succeeded(reply)
             return reply
 
-    async def _key_rejected(self, error: openai.APIStatusError) -> None:
-        """Count a 401/403; after ``KEY_REJECTED_AFTER`` in a row, stop the scope for every
-        adapter, as ``insufficient_quota`` does: what waits is never sent."""
-        self._rejections_in_a_row += 1
-        if self._rejections_in_a_row == KEY_REJECTED_AFTER:
-            reason = describe_error(error)
-            message = f"{KEY_REJECTED_AFTER} requests in a row answered {reason.status_code} ({reason.message}); the key was rejected"
-            log.error("%s; nothing more is sent with it", message)
-            await self._limiter.rate_limited(RateLimited(pause_s=0.0, fatal=TaskError(code="key_rejected", message=message)))
+    async def _count_towards_stop(self, code: str, what: str) -> None:
+        """Count one more request in a row that failed as ``code``; at ``STOP_AFTER``, stop
+        the scope for every adapter, as ``insufficient_quota`` does: what waits is never sent."""
+        count = self._stop_streak[1] + 1 if self._stop_streak is not None and self._stop_streak[0] == code else 1
+        self._stop_streak = (code, count)
+        if count == STOP_AFTER:
+            message = f"{STOP_AFTER} requests in a row {what}"
+            log.error("%s; nothing more is sent", message)
+            await self._limiter.rate_limited(RateLimited(pause_s=0.0, fatal=TaskError(code=code, message=message)))
 
     def _finish(self, record: TaskRecord, started: float | None, *, reply: Reply | None = None, error: TaskError | None = None) -> None:
         task = record.task

@@ -24,9 +24,10 @@ from drivers.inputs import InputProblem, InputRequest
 
 BUDGET_EXHAUSTED = "budget_exhausted"
 UNPRICED = "unpriced_model"
-SCOPE_STOPPED_CODES = frozenset({"insufficient_quota", "key_rejected"})
-"""Why a scope stops sending: no credit, or a key the server keeps rejecting. Nothing of
-that was billed, so a re-run (with credit, or a good key) sends those requests again."""
+SCOPE_STOPPED_CODES = frozenset({"insufficient_quota", "key_rejected", "endpoint_unreachable"})
+"""Why a scope stops sending: no credit, a key the server keeps rejecting, or an endpoint
+that cannot be reached (its certificate is not trusted, its host does not exist). Nothing
+of that was billed, so a re-run (with credit, a good key, the right CA) sends them again."""
 NOT_RUN_CODES = frozenset({BUDGET_EXHAUSTED, UNPRICED}) | SCOPE_STOPPED_CODES
 """Records of requests never sent: a later run sends them again, like records never written."""
 DUPLICATE = "duplicate_custom_id"

@@ -364,6 +364,19 @@ def test_insufficient_quota_stops_the_scope(loop: VirtualTimeLoop, clock: Virtua
     assert clock() - START == at(1.0)
 
 
+def test_a_new_run_reopens_a_stopped_scope(loop: VirtualTimeLoop, clock: VirtualClock) -> None:
+    coordinator = make(clock, rpm=60)
+
+    async def main() -> None:
+        await coordinator.report("a", [report(rate_limited=RateLimited(pause_s=0, fatal=QUOTA))])
+        assert (await coordinator.lease(ask("a", want=1))).requests == 0
+        await coordinator.reopen()  # the user added credit and ran again
+        lease = await coordinator.lease(ask("b", want=1))
+        assert lease.requests == 1 and lease.notice.stopped is None
+
+    run(loop, main)
+
+
 # -- watching -------------------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.executor import KEY_REJECTED_AFTER
+from actors.executor import STOP_AFTER
 from drivers.cli import main
 from drivers.mock_server import MockServer
 from drivers.summary import ExitCode
@@ -37,7 +37,7 @@ def test_a_revoked_key_stops_sending_and_a_rerun_with_a_good_key_sends_the_rest(
     records = _records(out)
     assert sorted(r["custom_id"] for r in records) == sorted(f"r{i}" for i in range(LINES)), "one record per input"
     codes = [r["error"]["code"] for r in records]
-    assert KEY_REJECTED_AFTER <= sent <= KEY_REJECTED_AFTER + 2 * MAX_IN_FLIGHT, "it stopped after a handful"
+    assert STOP_AFTER <= sent <= STOP_AFTER + 2 * MAX_IN_FLIGHT, "it stopped after a handful"
     assert codes.count("authentication_error") == sent and codes.count("key_rejected") == LINES - sent
     not_run = next(r for r in records if r["error"]["code"] == "key_rejected")
     assert "rejected" in not_run["error"]["message"] and "sk-revoked" not in out.read_text()

@@ -2,7 +2,8 @@
 
 Certificates come from ``trustme`` (nothing committed). A trusted CA works for plain and
 streamed requests; an untrusted one, a host that does not exist and a proxy that refuses
-us fail at once, with their real cause and one attempt, not five retries. With
+us fail at once, with their real cause and one attempt, not five retries; a handful of them
+in a row stop a run, whose rest a re-run with the right CA sends. With
 ``HTTPS_PROXY``/``HTTP_PROXY`` set on the driver, every request goes through the proxy,
 to a host name only the proxy can resolve.
 """
@@ -10,7 +11,9 @@ to a host name only the proxy can resolve.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,8 +21,11 @@ import uvloop
 
 from actors import Adapter, ChatTask, RetryPolicy, TaskResult
 from actors.endpoint_settings import EndpointSettings
+from actors.executor import STOP_AFTER
+from drivers import cli
 from drivers.endpoint import EndpointFlags, resolve_endpoint
 from drivers.mock_server import MockServer
+from drivers.summary import ExitCode
 from tests.forward_proxy import ForwardProxy
 from tests.test_endpoint_settings import SDK_VARIABLES
 from tests.tls import ServerTLS, make_server_tls
@@ -122,3 +128,27 @@ def test_a_proxy_that_refuses_us_fails_at_once(tls: ServerTLS, clean_env: pytest
             assert result.error is not None and result.error.code == "connection_error" and result.attempts == 1, result.error
             assert "wrong" not in result.error.message, "the proxy password stays secret"
         assert proxy.rejected and server.requests() == []
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_an_untrusted_endpoint_stops_the_run_after_a_handful_and_a_rerun_with_its_ca_sends_the_rest(
+    https_server: MockServer, tls: ServerTLS, clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    https_server.reset()
+    lines = 100
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"custom_id": f"r{i}", "prompt": f"question {i}"}) + "\n" for i in range(lines)))
+    out = tmp_path / "out.jsonl"
+    command = ["run", str(source), "-o", str(out), "--base-url", https_server.base_url, "--adapters", "2", "--max-in-flight", "4"]
+
+    assert cli.main(command) == ExitCode.SOME_FAILED
+    codes = [json.loads(line)["error"]["code"] for line in out.read_text().splitlines()]
+    failed = codes.count("tls_error")
+    assert len(codes) == lines and STOP_AFTER <= failed <= STOP_AFTER + 2 * 4, "it stopped after a handful"
+    assert codes.count("endpoint_unreachable") == lines - failed, "the rest is recorded as not run"
+    assert https_server.requests() == [], "no request got through the handshake"
+
+    assert cli.main([*command, "--ca-file", str(tls.write_ca(tmp_path))]) == ExitCode.SOME_FAILED  # the tls_error ones stay
+    assert len(https_server.requests()) == lines - failed, "exactly the requests never sent"
+    final = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["custom_id"] for r in final) == sorted(f"r{i}" for i in range(lines)) and sum(r["error"] is None for r in final) == lines - failed
