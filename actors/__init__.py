@@ -1,24 +1,27 @@
-"""Ray actors of rayfan: the OpenAI adapter and (with limits) the rate-limit coordinator."""
+"""Ray actors of rayfan: the OpenAI adapter and (with limits) the rate-limit coordinator.
 
-from actors.adapter import Adapter, AdapterInfo, AdapterStats, OpenAIAdapter
-from actors.coordinator import Coordinator, RateLimitCoordinator, coordinator_for
-from actors.errors import ConfigError, InvalidTask, RayfanError, RequestFailed, ResultTimeout, ScopeStopped, TaskNotFound
-from actors.leases import CoordinatedLimit
-from actors.limiter import LocalLimit
-from actors.limits import CoordinatorSnapshot, LeasePolicy, Limits
-from actors.models import (
-    DEFAULT_MODEL,
-    ChatTask,
-    EmbeddingTask,
-    ResponsesTask,
-    TaskError,
-    TaskResult,
-    TaskStatus,
-    Usage,
-    parse_task,
-)
-from actors.pricing import PriceTable
-from actors.retry import RetryPolicy
+The rooms: ``adapter/`` (the actor, its task table, executor, retry, endpoints and
+transport), ``ratelimit/`` (budget, the adapters' limiters, the coordinator and the
+protocol between them; it knows nothing of the adapter), ``accounting/`` (tokens and
+prices), and beside them ``models.py`` (tasks and results) and ``errors.py`` (the one
+exception tree). ARCHITECTURE.md draws the picture; the public names are re-exported here.
+"""
+
+from actors.accounting.pricing import PriceTable
+from actors.adapter.actor import Adapter, AdapterInfo, OpenAIAdapter
+from actors.adapter.executor import AdapterStats
+from actors.adapter.retry import RetryPolicy
+from actors.errors import ConfigError, InvalidTask, RayfanError, RequestFailed, ResultTimeout, ScopeStopped, TaskError, TaskNotFound
+from actors.models import DEFAULT_MODEL, ChatTask, EmbeddingTask, ResponsesTask, TaskResult, TaskStatus, Usage, parse_task
+from actors.ratelimit.coordinator import Coordinator, RateLimitCoordinator, coordinator_for
+from actors.ratelimit.limits import Limits
+from actors.ratelimit.protocol import CoordinatorSnapshot, LeasePolicy
+from actors.ratelimit.specs import CoordinatedLimitSpec, LocalLimitSpec
+
+CoordinatedLimit = CoordinatedLimitSpec
+LocalLimit = LocalLimitSpec
+"""The names these specs had before rayfan's packages were drawn, kept so code written
+against them keeps working."""
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -28,6 +31,7 @@ __all__ = [
     "ChatTask",
     "ConfigError",
     "CoordinatedLimit",
+    "CoordinatedLimitSpec",
     "Coordinator",
     "CoordinatorSnapshot",
     "EmbeddingTask",
@@ -35,6 +39,7 @@ __all__ = [
     "LeasePolicy",
     "Limits",
     "LocalLimit",
+    "LocalLimitSpec",
     "OpenAIAdapter",
     "PriceTable",
     "RateLimitCoordinator",

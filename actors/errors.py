@@ -6,19 +6,26 @@
      ├── TaskNotFound         unknown or already-collected task id
      ├── ResultTimeout        get_result(timeout=...) ran out; the task keeps running
      ├── RequestFailed        a request ended without a result (carries its TaskError)
-     └── ScopeStopped         the scope's account has no quota left: nothing more is sent
+     └── ScopeStopped         the scope stopped (no credit, a rejected key, an unreachable
+                              endpoint): nothing more is sent
 
-SDK errors are translated in one place (``actors.retry.describe_error``); tasks that fail
-are reported as a ``TaskResult`` with ``error`` set, so ``RequestFailed`` is only raised by
-callers that ask for it (``TaskResult.raise_for_error``).
+SDK errors are translated in one place (``actors.adapter.retry.describe_error``) into a
+``TaskError``, the record of why a task ended without a result; tasks that fail are reported
+as a ``TaskResult`` with ``error`` set, so ``RequestFailed`` is only raised by callers that
+ask for it (``TaskResult.raise_for_error``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pydantic import BaseModel
 
-if TYPE_CHECKING:
-    from actors.models import TaskError
+
+class TaskError(BaseModel):
+    """Why a task ended without a result. ``code`` is stable and machine-readable."""
+
+    code: str
+    message: str
+    status_code: int | None = None
 
 
 class RayfanError(Exception):

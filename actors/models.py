@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from actors.errors import InvalidTask, RequestFailed
+from actors.errors import InvalidTask, RequestFailed, TaskError
 
 DEFAULT_MODEL = "gpt-4o-mini"
 
@@ -114,14 +114,6 @@ class Usage(BaseModel):
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
-
-
-class TaskError(BaseModel):
-    """Why a task ended without a result. ``code`` is stable and machine-readable."""
-
-    code: str
-    message: str
-    status_code: int | None = None
 
 
 class TaskResult(BaseModel):

@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 200_000])
     parser.add_argument("--max-in-flight", type=int, default=256)
     args = parser.parse_args()
-    server = subprocess.Popen([sys.executable, "-m", "drivers.mock_server", "--port", "0"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    server = subprocess.Popen([sys.executable, "-m", "drivers.mock", "--port", "0"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert server.stdout is not None
     base_url = server.stdout.readline().strip()
     peaks: dict[int, int] = {}

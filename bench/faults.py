@@ -100,8 +100,8 @@ only (the GCS does the checking): ``_system_config`` here, ``RAY_health_check_*`
 def _server_main(latency: float) -> None:
     """A MockServer driven over stdin/stdout: ``reset``, ``dump PATH``, ``latency S``, ``rpm N``
     (0: no limit); EOF stops it."""
-    from actors.process_gc import tune_for_many_open_requests
-    from drivers.mock_server import MockConfig, MockServer
+    from actors.adapter.process_gc import tune_for_many_open_requests
+    from drivers.mock import MockConfig, MockServer
 
     tune_for_many_open_requests()
     with MockServer(MockConfig(latency_s=latency)) as server:

@@ -33,11 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import ray  # noqa: E402
 
-from actors import ChatTask, CoordinatedLimit, Limits, LocalLimit, OpenAIAdapter, coordinator_for  # noqa: E402
-from actors.endpoint_settings import EndpointSettings  # noqa: E402
-from actors.limiter import LimitSpec  # noqa: E402
+from actors import ChatTask, CoordinatedLimitSpec, Limits, LocalLimitSpec, OpenAIAdapter, coordinator_for  # noqa: E402
+from actors.adapter.settings import EndpointSettings
+from actors.ratelimit.specs import LimitSpec
 from drivers.fanout import fan_out  # noqa: E402
-from drivers.mock_server import MockConfig, MockServer  # noqa: E402
+from drivers.mock import MockConfig, MockServer
 
 MODEL = "gpt-4o-mini"
 SETTLE_S = 10.0
@@ -78,7 +78,7 @@ def _run(config: Config, args: argparse.Namespace, round_: int) -> Row:
     with MockServer(server_config) as server:
         coordinator = coordinator_for(server.base_url, key, MODEL, limits=given) if config.limits != "alone" else None
         limit: LimitSpec = (
-            CoordinatedLimit(coordinator=coordinator, adapters=config.adapters, limits=given) if coordinator else LocalLimit(limits=given)
+            CoordinatedLimitSpec(coordinator=coordinator, adapters=config.adapters, limits=given) if coordinator else LocalLimitSpec(limits=given)
         )
         endpoint = EndpointSettings(base_url=server.base_url, api_key=key)
         handles = [OpenAIAdapter.remote(endpoint=endpoint, model=MODEL, limit=limit) for _ in range(config.adapters)]

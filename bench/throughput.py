@@ -15,7 +15,7 @@ skipped):
   default transport and 2 retries), an ``asyncio.Semaphore``, ``gather``.
 * ``rayfan``: ``drivers.fan_out`` over 2 adapter actors (``start_adapters(...,
   max_in_flight=N)``), no rate limiter: like for like with the baseline. Plain JSON
-  requests go through each adapter's one aiohttp session (``actors/connection.py``).
+  requests go through each adapter's one aiohttp session (``actors/adapter/transport.py``).
 * ``coordinated``: the same adapters sharing a rate-limit coordinator, as ``rayfan run``
   uses them (no limit given or learned here, so it only counts: token counting and lease
   bookkeeping).
@@ -105,7 +105,7 @@ def _rayfan(base_url: str, count: int, in_flight: int, adapters: int, coordinate
     import ray
 
     from actors import ChatTask, Limits
-    from actors.endpoint_settings import EndpointSettings
+    from actors.adapter.settings import EndpointSettings
     from drivers import fan_out, start_adapters
     from drivers.cluster import shared_limit
 
@@ -169,7 +169,7 @@ def _make_tls(directory: Path) -> tuple[Path, Path, Path]:
 
 
 def _start_server(latency: float, tls: tuple[Path, Path] | None) -> tuple[subprocess.Popen[str], str]:
-    command = [sys.executable, "-m", "drivers.mock_server", "--port", "0", "--latency", str(latency)]
+    command = [sys.executable, "-m", "drivers.mock", "--port", "0", "--latency", str(latency)]
     if tls is not None:
         command += ["--certfile", str(tls[0]), "--keyfile", str(tls[1])]
     server = subprocess.Popen(

@@ -10,17 +10,17 @@ from pathlib import Path
 import ray
 from pydantic import BaseModel, ConfigDict, Field
 
-from actors.endpoint_settings import EndpointSettings
-from actors.limits import Limits
-from actors.models import DEFAULT_MODEL, TaskError, TaskStatus
-from actors.pricing import PriceTable
+from actors.accounting.pricing import PriceTable
+from actors.adapter.settings import EndpointSettings
+from actors.errors import TaskError
+from actors.models import DEFAULT_MODEL, TaskStatus
+from actors.ratelimit.limits import Limits
 from drivers.budget import Budget
 from drivers.cluster import connect, shared_limit, start_adapters
 from drivers.estimate import estimate_request
 from drivers.fanout import Dispatcher
 from drivers.inputs import InputProblem, InputRequest, RequestDefaults, read_requests
 from drivers.interrupt import WAIT_SLICE_S, CtrlC
-from drivers.limits import close_and_report
 from drivers.outputs import (
     BUDGET_EXHAUSTED,
     SCOPE_STOPPED_CODES,
@@ -33,6 +33,7 @@ from drivers.outputs import (
     result_record,
 )
 from drivers.progress import ProgressBar
+from drivers.rate_report import close_and_report
 from drivers.sorting import sort_by_line
 from drivers.summary import RunSummary
 
@@ -178,12 +179,12 @@ class _Run:
         if self._stopped is not None:
             self._not_run(request, self._stopped.code, f"not sent: {self._stopped.message}; a re-run sends it")
             return
-        reservation = 0
+        reservation: int | None = 0
         if self._budget is not None:
             reservation = self._reserve(request, self._budget)
             if reservation is None:
                 return
-        self._dispatcher.send(_Sent(request, reservation), request.task)
+        self._dispatcher.send(_Sent(request, reservation or 0), request.task)
         while not self._dispatcher.has_room:
             self._collect()
 

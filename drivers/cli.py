@@ -13,10 +13,10 @@ from typing import NoReturn, TypeVar
 
 from pydantic import SecretStr
 
-from actors.endpoint_settings import EndpointSettings
+from actors.accounting.pricing import PriceTable
+from actors.adapter.settings import EndpointSettings
 from actors.errors import ConfigError
 from actors.models import DEFAULT_MODEL
-from actors.pricing import PriceTable
 from drivers.batch import BatchOptions, run_batch
 from drivers.endpoint import EndpointFlags, parse_headers, resolve_endpoint
 from drivers.estimate import estimate_file
@@ -174,7 +174,7 @@ def _endpoint(args: argparse.Namespace, resolved: EndpointSettings | None) -> It
     if resolved is not None:
         yield resolved
         return
-    from drivers.mock_server import MockServer
+    from drivers.mock import MockServer
 
     flags = _endpoint_flags(args)
     with MockServer() as server:

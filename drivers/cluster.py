@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import ray
 from ray.actor import ActorHandle
 from ray.exceptions import RayActorError
 
-from actors.adapter import MAX_CONCURRENCY, OpenAIAdapter
-from actors.coordinator import coordinator_for
-from actors.endpoint_settings import EndpointSettings
+from actors.accounting.pricing import PriceTable
+from actors.adapter.actor import MAX_CONCURRENCY, OpenAIAdapter
+from actors.adapter.retry import RetryPolicy
+from actors.adapter.settings import EndpointSettings
 from actors.errors import ConfigError
-from actors.leases import CoordinatedLimit
-from actors.limiter import LimitSpec
-from actors.limits import Limits
-from actors.pricing import PriceTable
-from actors.retry import RetryPolicy
+from actors.ratelimit.coordinator import coordinator_for
+from actors.ratelimit.limits import Limits
+from actors.ratelimit.specs import CoordinatedLimitSpec, LimitSpec
 from drivers.fanout import get_each
 
 log = logging.getLogger(__name__)
@@ -46,14 +46,15 @@ def start_adapters(
     limit: LimitSpec | None = None,
     prices: PriceTable | None = None,
     max_in_flight: int | None = None,
-) -> list[ActorHandle]:
+) -> list[ActorHandle[Any]]:
     """K adapter actors SPREAD over the nodes, once every one has started. ``endpoint`` was
     resolved on the driver (``drivers.endpoint.resolve_endpoint``); its key travels as a
     SecretStr, never in options or names that Ray lists. ``max_in_flight`` is shared out so
     that together the adapters never have more requests open (each gets at least one)."""
     shares = _shares(max_in_flight, count) if max_in_flight is not None else [MAX_CONCURRENCY] * count
+    adapter_class: Any = OpenAIAdapter  # @ray.remote(max_concurrency=...) hides its ActorClass from type checkers
     adapters = [
-        OpenAIAdapter.options(scheduling_strategy="SPREAD", max_restarts=ADAPTER_RESTARTS, max_task_retries=0).remote(
+        adapter_class.options(scheduling_strategy="SPREAD", max_restarts=ADAPTER_RESTARTS, max_task_retries=0).remote(
             endpoint=endpoint,
             model=model,
             name=f"adapter-{index}",
@@ -78,7 +79,7 @@ def _shares(total: int, count: int) -> list[int]:
     return [min(MAX_CONCURRENCY, max(1, total // count + (index < total % count))) for index in range(count)]
 
 
-def _check_started(adapters: list[ActorHandle]) -> None:
+def _check_started(adapters: list[ActorHandle[Any]]) -> None:
     """Raise ConfigError if an adapter could not start (no API key on its node, say), so a
     run stops before it sends anything instead of writing an adapter_died record per request."""
     for value in get_each([adapter.status.remote() for adapter in adapters]):
@@ -92,10 +93,10 @@ def _reason(error: RayActorError) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
-def shared_limit(count: int, *, endpoint: EndpointSettings, model: str, limits: Limits) -> CoordinatedLimit:
+def shared_limit(count: int, *, endpoint: EndpointSettings, model: str, limits: Limits) -> CoordinatedLimitSpec:
     """The scope's rate-limit coordinator (found, or created on first use) as the limit all
     ``count`` adapters share; ``limits`` are the given ones, the rest is learned from headers.
     The scope is the endpoint with its organization and project, the key and the model (for
     Azure, the deployment the model names)."""
     coordinator = coordinator_for(endpoint.pool_label, endpoint.api_key.get_secret_value(), model, limits=limits)
-    return CoordinatedLimit(coordinator=coordinator, adapters=count, limits=limits)
+    return CoordinatedLimitSpec(coordinator=coordinator, adapters=count, limits=limits)

@@ -19,7 +19,7 @@ import httpx2
 from httpx2._utils import URLPattern, get_environment_proxies
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
-from actors.endpoint_settings import DEFAULT_BASE_URL, AzureSettings, EndpointSettings
+from actors.adapter.settings import DEFAULT_BASE_URL, AzureSettings, EndpointSettings
 from actors.errors import ConfigError
 from actors.models import describe_validation_error
 

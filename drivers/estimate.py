@@ -13,9 +13,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from actors.accounting.pricing import PriceTable
+from actors.accounting.tokens import BYTES_PER_TOKEN_ESTIMATE, is_exact, output_allowance, prompt_tokens
 from actors.models import AnyTask
-from actors.pricing import PriceTable
-from actors.tokens import BYTES_PER_TOKEN_ESTIMATE, is_exact, output_allowance, prompt_tokens
 from drivers.inputs import InputProblem, RequestDefaults, read_requests
 
 

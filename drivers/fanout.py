@@ -31,15 +31,16 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import ray
 from ray import ObjectRefGenerator
 from ray.actor import ActorHandle
 from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
-from actors.adapter import MAX_CONCURRENCY
-from actors.models import TaskError, TaskResult, TaskStatus, parse_task
+from actors.adapter.actor import MAX_CONCURRENCY
+from actors.errors import TaskError
+from actors.models import TaskResult, TaskStatus, parse_task
 
 Item = TypeVar("Item")
 MAX_BATCH = 64
@@ -72,7 +73,7 @@ class _Batch(Generic[Item]):
 class Dispatcher(Generic[Item]):
     """Sends tasks to the least-busy adapter in batches and collects results as they complete."""
 
-    def __init__(self, adapters: Sequence[ActorHandle], *, max_in_flight: int, batch_size: int | None = None) -> None:
+    def __init__(self, adapters: Sequence[ActorHandle[Any]], *, max_in_flight: int, batch_size: int | None = None) -> None:
         if not adapters:
             raise ValueError("at least one adapter is needed")
         self._adapters = list(adapters)
@@ -85,7 +86,7 @@ class Dispatcher(Generic[Item]):
         self._input_done = False
         self._stopping = False
         self._handing_back: set[int] = set()  # adapters asked to hand back their queue, until a batch of theirs returns
-        self._probes: dict[int, ray.ObjectRef] = {}  # adapters that lost a batch, until they answer again
+        self._probes: dict[int, ray.ObjectRef[Any]] = {}  # adapters that lost a batch, until they answer again
         self._dead: set[int] = set()  # adapters gone for good
         self._losses: dict[int, int] = {}  # id(task) -> times its adapter died under it
         self.resent = 0
@@ -127,8 +128,8 @@ class Dispatcher(Generic[Item]):
         if not ready:
             return []
         ready, _ = ray.wait(list(self._pending), num_returns=len(self._pending), timeout=0)
-        nexts: list[tuple[ObjectRefGenerator, ray.ObjectRef]] = []
-        for stream in ready:
+        nexts: list[tuple[ObjectRefGenerator, ray.ObjectRef[Any]]] = []
+        for stream in cast(list[ObjectRefGenerator], ready):  # ray.wait hands back what it was given
             try:
                 nexts.append((stream, next(stream)))
             except StopIteration:
@@ -261,14 +262,14 @@ class Dispatcher(Generic[Item]):
                 self._busy[index] = sum(len(b.open_positions()) for b in self._pending.values() if b.adapter == index)
 
 
-def adapter_limits(adapters: Sequence[ActorHandle]) -> list[int]:
+def adapter_limits(adapters: Sequence[ActorHandle[Any]]) -> list[int]:
     """Each adapter's own cap on open requests; a dead one counts as uncapped (its tasks
     come back as adapter_died results anyway)."""
     infos = get_each([adapter.status.remote() for adapter in adapters])
     return [MAX_CONCURRENCY if isinstance(info, BaseException) else info.max_in_flight for info in infos]
 
 
-def get_each(refs: list[ray.ObjectRef]) -> list[Any]:
+def get_each(refs: list[ray.ObjectRef[Any]]) -> list[Any]:
     """All values in one round trip; only when one failed, fetch each alone to find which."""
     try:
         return ray.get(refs)
@@ -294,7 +295,7 @@ def _lost_result(task: Any, error: BaseException) -> TaskResult:
 
 
 def fan_out(
-    tasks: Iterable[Any], adapters: Sequence[ActorHandle], *, max_in_flight: int = 512
+    tasks: Iterable[Any], adapters: Sequence[ActorHandle[Any]], *, max_in_flight: int = 512
 ) -> Iterator[tuple[Any, TaskResult]]:
     """Yield ``(task, result)`` for every task, in completion order, never with more than
     ``max_in_flight`` requests open. Tasks are models or dicts; invalid ones raise

@@ -9,8 +9,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from actors.models import TaskResult, TaskStatus
-from drivers.limits import RateReport
 from drivers.outputs import BUDGET_EXHAUSTED
+from drivers.rate_report import RateReport
 
 
 class ExitCode(enum.IntEnum):

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import pytest
 import ray
 
-from drivers.mock_server import MockConfig, MockServer
+from drivers.mock import MockConfig, MockServer
 
 T = TypeVar("T")
 TEST_KEY = "sk-test-key-not-secret"

@@ -1,6 +1,6 @@
 """An OpenAI-compatible server that records every request exactly as it arrived, for wire-level assertions.
 
-``drivers.mock_server`` models the API (tokens, faults, rate limits) and logs parsed bodies;
+``drivers.mock`` models the API (tokens, faults, rate limits) and logs parsed bodies;
 this server instead keeps what a client actually sent — method, raw path and query, header
 names in their sent case and order, body bytes — and answers any request minimally but
 validly, so a test can ask "which headers did the client send, and how?".

@@ -9,9 +9,9 @@ import time
 import pytest
 
 from actors import Adapter, ChatTask, ConfigError, InvalidTask, ResultTimeout, RetryPolicy, TaskNotFound, TaskStatus, Usage
-from actors.endpoint_settings import EndpointSettings
-from actors.pricing import PriceTable
-from drivers.mock_server import MockServer
+from actors.accounting.pricing import PriceTable
+from actors.adapter.settings import EndpointSettings
+from drivers.mock import MockServer
 from tests.conftest import TEST_KEY, run
 
 FAST_RETRIES = RetryPolicy(max_attempts=5, min_wait_s=0.01, max_wait_s=0.05)
@@ -333,7 +333,7 @@ def test_five_failed_attempts_end_failed_with_the_last_error(server: MockServer,
         assert result.status is TaskStatus.FAILED and result.attempts == 5
         assert result.error and result.error.code == "server_error" and result.error.status_code == 503
 
-    with caplog.at_level(logging.WARNING, logger="actors.retry"):
+    with caplog.at_level(logging.WARNING, logger="actors.adapter.retry"):
         run(body())
     assert len(server.requests()) == 5
     assert caplog.text.count("retrying in") == 4  # no sleep after the last attempt
@@ -349,7 +349,7 @@ def test_a_single_attempt_policy_never_retries(server: MockServer, caplog: pytes
         assert result.status is TaskStatus.FAILED and result.attempts == 1
         assert result.error and result.error.code == "server_error"
 
-    with caplog.at_level(logging.WARNING, logger="actors.retry"):
+    with caplog.at_level(logging.WARNING, logger="actors.adapter.retry"):
         run(body())
     assert len(server.requests()) == 1 and "retrying in" not in caplog.text
 

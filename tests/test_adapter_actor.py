@@ -11,9 +11,9 @@ import ray
 from ray.util.state import list_actors, list_tasks
 
 from actors import ChatTask, OpenAIAdapter, ResultTimeout, RetryPolicy, TaskNotFound, TaskResult, TaskStatus
-from actors.endpoint_settings import EndpointSettings
-from actors.process_gc import GC_YOUNG_THRESHOLD
-from drivers.mock_server import MockServer
+from actors.adapter.process_gc import GC_YOUNG_THRESHOLD
+from actors.adapter.settings import EndpointSettings
+from drivers.mock import MockServer
 from tests.conftest import ray_list_actors_cli
 
 pytestmark = pytest.mark.usefixtures("ray_session")

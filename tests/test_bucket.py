@@ -1,4 +1,4 @@
-"""Tests for actors.bucket on virtual time (tests/vtime.py): nothing here really sleeps."""
+"""Tests for actors.ratelimit.bucket and .budget on virtual time (tests/vtime.py): nothing here really sleeps."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from actors.bucket import RateBudget, TokenBucket
+from actors.ratelimit.bucket import TokenBucket
+from actors.ratelimit.budget import RateBudget
 from tests.vtime import START, VirtualClock, VirtualTimeLoop, at, clock, loop, run  # noqa: F401  (fixtures)
 
 
@@ -604,7 +605,7 @@ def test_ledger_keeps_only_a_minute(loop: VirtualTimeLoop, clock: VirtualClock) 
     for _ in range(600):
         clock.advance(1)
         assert budget.try_acquire(1, 0)
-    assert len(budget._ledger) <= 62
+    assert len(budget._ledger._entries) <= 62
     budget.observe_remaining(requests=0, tokens=None, age_s=30.0)  # we took 30 since
     assert budget.snapshot()["requests_available"] == at(0 + 100 * 30 - 30)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from drivers.cli import main
-from drivers.mock_server import MockServer
+from drivers.mock import MockServer
 from drivers.summary import ExitCode
 from tests.conftest import TEST_KEY
 

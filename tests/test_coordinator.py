@@ -7,9 +7,11 @@ import itertools
 
 import pytest
 
-from actors.coordinator import WATCH_TIMEOUT_S, Coordinator, scope_name
-from actors.limits import LeasePolicy, LeaseRequest, Limits, Observation, RateLimited, Report
-from actors.models import TaskError
+from actors.errors import TaskError
+from actors.ratelimit.coordinator import WATCH_TIMEOUT_S, Coordinator, scope_name
+from actors.ratelimit.headers import Observation
+from actors.ratelimit.limits import Limits
+from actors.ratelimit.protocol import LeasePolicy, LeaseRequest, RateLimited, Report
 from tests.vtime import START, VirtualClock, VirtualTimeLoop, at, clock, loop, run  # noqa: F401  (fixtures)
 
 QUOTA = TaskError(code="insufficient_quota", message="no credit left", status_code=429)

@@ -9,14 +9,14 @@ import pytest
 import ray
 
 from actors import OpenAIAdapter
-from actors.coordinator import NAMESPACE, scope_name
-from actors.endpoint_settings import EndpointSettings
-from actors.leases import CoordinatedLimit
-from actors.limits import Limits
+from actors.adapter.settings import EndpointSettings
+from actors.ratelimit.coordinator import NAMESPACE, scope_name
+from actors.ratelimit.limits import Limits
+from actors.ratelimit.specs import CoordinatedLimitSpec
 from drivers.cli import main
 from drivers.cluster import shared_limit
-from drivers.limits import RateReport, close_and_report
-from drivers.mock_server import MockServer
+from drivers.mock import MockServer
+from drivers.rate_report import RateReport, close_and_report
 from drivers.summary import ExitCode
 
 KEY = "sk-test-driver-scope"
@@ -87,7 +87,7 @@ def test_requests_wait_out_429s_until_the_deadline_then_a_rerun_resumes(
 @pytest.mark.usefixtures("ray_session")
 def test_close_and_report_skips_an_adapter_that_died(server: MockServer) -> None:
     endpoint = EndpointSettings(base_url=server.base_url, api_key="sk-test-dead")
-    limit: CoordinatedLimit = shared_limit(2, endpoint=endpoint, model="gpt-4o-mini", limits=Limits(rpm=600))
+    limit: CoordinatedLimitSpec = shared_limit(2, endpoint=endpoint, model="gpt-4o-mini", limits=Limits(rpm=600))
     alive, dead = [OpenAIAdapter.remote(endpoint=endpoint, limit=limit) for _ in range(2)]
     try:
         ray.get(alive.run.remote({"custom_id": "a", "messages": [{"role": "user", "content": "hi"}]}))

@@ -8,20 +8,24 @@ first 1,200 fit the server's full bucket, the rest take about 40 s at the limit.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 import ray
+from ray.exceptions import ActorUnavailableError
 from ray.util.state import list_actors
 
-from actors import ChatTask, OpenAIAdapter, RetryPolicy, tokens
-from actors.coordinator import NAMESPACE, coordinator_for, scope_name
-from actors.endpoint_settings import EndpointSettings
-from actors.leases import CoordinatedLimit
-from actors.limiter import LocalLimit
-from actors.limits import CoordinatorSnapshot, Limits
+from actors import ChatTask, OpenAIAdapter, RetryPolicy
+from actors.accounting import tokens
+from actors.adapter.settings import EndpointSettings
+from actors.ratelimit.coordinator import NAMESPACE, coordinator_for, scope_name
+from actors.ratelimit.limits import Limits
+from actors.ratelimit.protocol import CoordinatorSnapshot
+from actors.ratelimit.specs import CoordinatedLimitSpec, LocalLimitSpec
 from drivers.fanout import fan_out
-from drivers.mock_server import MockServer
+from drivers.mock import MockServer
 from tests.conftest import ray_list_actors_cli
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -35,6 +39,21 @@ def tasks(count: int, prefix: str = "t") -> list[ChatTask]:
         ChatTask(custom_id=f"{prefix}{i}", messages=[{"role": "user", "content": f"prompt number {i} about rate limits"}], max_tokens=10)
         for i in range(count)
     ]
+
+
+def snapshot_once(coordinator: ray.actor.ActorHandle, condition: Callable[[CoordinatorSnapshot], bool], timeout_s: float = 60.0) -> CoordinatorSnapshot:
+    """The coordinator's first snapshot that meets ``condition``: a restarting coordinator
+    does not answer, and adapters reconnect to it on their own backoff."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            snap: CoordinatorSnapshot = ray.get(coordinator.snapshot.remote())
+            if condition(snap):
+                return snap
+        except ActorUnavailableError:
+            pass
+        assert time.monotonic() < deadline, "the coordinator never got there"
+        time.sleep(0.1)
 
 
 def outcomes(server: MockServer) -> Counter[str]:
@@ -53,7 +72,7 @@ def test_eight_adapters_share_one_coordinator_without_tripping_the_server(server
     key = "sk-test-shared-scope"
     limits = Limits(rpm=1200, tpm=24_000)
     coordinator = coordinator_for(server.base_url, key, MODEL, limits=limits)
-    adapters = start(8, server, key, CoordinatedLimit(coordinator=coordinator, adapters=8, limits=limits))
+    adapters = start(8, server, key, CoordinatedLimitSpec(coordinator=coordinator, adapters=8, limits=limits))
     try:
         sent = tasks(2000)
         results = [result for _, result in fan_out(sent, adapters, max_in_flight=512)]
@@ -85,7 +104,7 @@ def test_a_server_metering_per_second_fails_nothing_and_the_scope_learns_its_win
     server.configure(rpm_limit=2400, rate_window_s=1.0, headers_show_minute=headers_show == "a minute", latency_s=0.05)
     key = f"sk-test-per-second-{headers_show.replace(' ', '-')}"
     coordinator = coordinator_for(server.base_url, key, MODEL)
-    adapters = start(4, server, key, CoordinatedLimit(coordinator=coordinator, adapters=4), retry=RetryPolicy(max_attempts=1))
+    adapters = start(4, server, key, CoordinatedLimitSpec(coordinator=coordinator, adapters=4), retry=RetryPolicy(max_attempts=1))
     try:
         results = [result for _, result in fan_out(tasks(400, "ps"), adapters, max_in_flight=128)]
         ray.get([adapter.close.remote() for adapter in adapters])
@@ -107,7 +126,7 @@ def test_without_the_coordinator_each_adapter_alone_trips_the_server(server: Moc
     """The per-process limiter everyone else ships: four adapters at "the limit" send four times it."""
     server.configure(rpm_limit=120, latency_s=0.02)
     once = RetryPolicy(max_attempts=1)
-    adapters = start(4, server, "sk-test-alone", LocalLimit(limits=Limits(rpm=120)), retry=once)
+    adapters = start(4, server, "sk-test-alone", LocalLimitSpec(limits=Limits(rpm=120)), retry=once)
     try:
         results = [result for _, result in fan_out(tasks(300, "alone"), adapters, max_in_flight=300)]
     finally:
@@ -122,26 +141,25 @@ def test_coordinator_restart_falls_back_then_resumes(server: MockServer) -> None
     key = "sk-test-restart"
     limits = Limits(rpm=6000)
     coordinator = coordinator_for(server.base_url, key, MODEL, limits=limits)
-    adapters = start(2, server, key, CoordinatedLimit(coordinator=coordinator, adapters=2, limits=limits))
+    adapters = start(2, server, key, CoordinatedLimitSpec(coordinator=coordinator, adapters=2, limits=limits))
     try:
         first = [result for _, result in fan_out(tasks(100, "before"), adapters, max_in_flight=50)]
         ray.kill(coordinator, no_restart=False)  # Ray restarts it (max_restarts=-1)
         second = [result for _, result in fan_out(tasks(100, "during"), adapters, max_in_flight=50)]
         found = ray.get_actor(scope_name(server.base_url, key, MODEL), namespace=NAMESPACE)
         third = [result for _, result in fan_out(tasks(100, "after"), adapters, max_in_flight=50)]
-        snap: CoordinatorSnapshot = ray.get(found.snapshot.remote())
+        snap = snapshot_once(found, lambda snap: snap.calls > 0 and snap.requests_sent > 0)  # the adapters found it again
     finally:
         for actor in [*adapters, coordinator]:
             ray.kill(actor)
     assert all(result.ok for result in [*first, *second, *third])
     assert snap.restarted and snap.limits == limits  # given limits survive the restart
-    assert snap.calls > 0 and snap.requests_sent > 0  # the adapters found it again
     assert outcomes(server)["error:429"] == 0
 
 
 def test_the_key_never_shows_in_rays_actor_listing(server: MockServer) -> None:
     coordinator = coordinator_for(server.base_url, SECRET, MODEL, limits=Limits(rpm=600))
-    adapters = start(1, server, SECRET, CoordinatedLimit(coordinator=coordinator, adapters=1))
+    adapters = start(1, server, SECRET, CoordinatedLimitSpec(coordinator=coordinator, adapters=1))
     try:
         results = [result for _, result in fan_out(tasks(5, "secret"), adapters, max_in_flight=5)]
         snap: CoordinatorSnapshot = ray.get(coordinator.snapshot.remote())

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from actors.accounting.pricing import PriceTable
+from actors.accounting.tokens import prompt_tokens
 from actors.models import ChatTask, EmbeddingTask
-from actors.pricing import PriceTable
-from actors.tokens import prompt_tokens
 from drivers.budget import Budget
 from drivers.cli import main
 from drivers.estimate import estimate_request
 from drivers.inputs import InputRequest, RequestDefaults, read_requests
-from drivers.mock_server import MockServer
+from drivers.mock import MockServer
 from tests.conftest import TEST_KEY
 
 PRICES = PriceTable.default()

@@ -19,9 +19,9 @@ import pytest
 import ray
 from ray.util.state import list_actors
 
-from actors.coordinator import NAMESPACE
+from actors.ratelimit.coordinator import NAMESPACE
 from drivers.cli import main
-from drivers.mock_server import MockServer
+from drivers.mock import MockServer
 from tests.conftest import TEST_KEY
 
 pytestmark = pytest.mark.usefixtures("ray_session")

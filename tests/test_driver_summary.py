@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import io
 
-from actors.models import TaskError, TaskResult, TaskStatus, Usage
+from actors.errors import TaskError
+from actors.models import TaskResult, TaskStatus, Usage
 from drivers.progress import ProgressBar
 from drivers.summary import ExitCode, RunSummary
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from actors.endpoint_settings import DEFAULT_BASE_URL, EndpointSettings
+from actors.accounting.pricing import PriceTable
+from actors.adapter.settings import DEFAULT_BASE_URL, EndpointSettings
 from actors.errors import ConfigError
-from actors.pricing import PriceTable
 from drivers.endpoint import EndpointFlags, resolve_endpoint
 
 SDK_VARIABLES = (

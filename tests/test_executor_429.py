@@ -9,16 +9,16 @@ import httpx2
 import openai
 import pytest
 
-from actors import executor as executor_module
-from actors.endpoints import Reply
-from actors.executor import TaskExecutor
-from actors.leases import LeaseClient
-from actors.limiter import Limiter, LocalLimiter, NoLimit
-from actors.limits import Limits
+from actors.accounting.pricing import PriceTable
+from actors.adapter import executor as executor_module
+from actors.adapter.endpoints import Reply
+from actors.adapter.executor import TaskExecutor
+from actors.adapter.retry import RetryPolicy
+from actors.adapter.task_table import TaskRecord
 from actors.models import ChatTask, TaskStatus, Usage
-from actors.pricing import PriceTable
-from actors.retry import RetryPolicy
-from actors.task_table import TaskRecord
+from actors.ratelimit.coordinated import CoordinatedLimiter
+from actors.ratelimit.limiter import Limiter, LocalLimiter, NoLimit
+from actors.ratelimit.limits import Limits
 from tests.test_leases import DirectLink, coordinator
 from tests.vtime import START, VirtualClock, VirtualTimeLoop, at, clock, loop, run  # noqa: F401  (fixtures)
 
@@ -64,8 +64,8 @@ def script(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Answer]]:
     assert not answers, "every scripted answer was used"
 
 
-def coordinated(clock: VirtualClock) -> LeaseClient:
-    return LeaseClient(DirectLink(coordinator(clock, rpm=600)), client="a", adapters=1, clock=clock)
+def coordinated(clock: VirtualClock) -> CoordinatedLimiter:
+    return CoordinatedLimiter(DirectLink(coordinator(clock, rpm=600)), client="a", adapters=1, clock=clock)
 
 
 def execute(loop: VirtualTimeLoop, limiter: Limiter, max_attempts: int = 2) -> tuple[TaskRecord, TaskExecutor]:

@@ -12,10 +12,10 @@ import pytest
 import ray
 
 from actors import ChatTask, InvalidTask, OpenAIAdapter, TaskResult, TaskStatus
-from actors.endpoint_settings import EndpointSettings
+from actors.adapter.settings import EndpointSettings
 from drivers.cluster import start_adapters
 from drivers.fanout import Dispatcher, batch_size_for, fan_out
-from drivers.mock_server import MockServer
+from drivers.mock import MockServer
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 

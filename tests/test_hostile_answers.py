@@ -16,7 +16,7 @@ import pytest
 import ray
 
 from actors import ChatTask, OpenAIAdapter, RetryPolicy, TaskResult
-from actors.endpoint_settings import EndpointSettings
+from actors.adapter.settings import EndpointSettings
 from tests.hostile_server import HostileServer
 
 ATTEMPTS = 2

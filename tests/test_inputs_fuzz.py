@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from actors.endpoints import request_body
-from actors.pricing import PriceTable
+from actors.accounting.pricing import PriceTable
+from actors.adapter.endpoints import request_body
 from drivers.estimate import estimate_request
 from drivers.inputs import InputProblem, InputRequest, count_requests, read_requests
 from drivers.outputs import OutputWriter, problem_record

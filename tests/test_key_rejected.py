@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from actors.executor import STOP_AFTER
+from actors.adapter.executor import STOP_AFTER
 from drivers.cli import main
-from drivers.mock_server import MockServer
+from drivers.mock import MockServer
 from drivers.summary import ExitCode
 
 LINES = 300

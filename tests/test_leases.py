@@ -15,12 +15,13 @@ from typing import Any, TypeVar
 import pytest
 
 import tests.vtime
-from actors.coordinator import Coordinator
-from actors.errors import ScopeStopped
-from actors.leases import CoordinatorUnreachable, LeaseClient
-from actors.limiter import Permit
-from actors.limits import Lease, LeasePolicy, LeaseRequest, Limits, Notice, RateLimited, Report
-from actors.models import TaskError
+from actors.errors import ScopeStopped, TaskError
+from actors.ratelimit.coordinated import CoordinatedLimiter
+from actors.ratelimit.coordinator import Coordinator
+from actors.ratelimit.limiter import Permit
+from actors.ratelimit.limits import Limits
+from actors.ratelimit.link import CoordinatorUnreachable
+from actors.ratelimit.protocol import Lease, LeasePolicy, LeaseRequest, Notice, RateLimited, Report
 from tests.vtime import START, VirtualClock, VirtualTimeLoop, at, clock, loop, run  # noqa: F401  (fixtures)
 
 T = TypeVar("T")
@@ -88,12 +89,12 @@ def coordinator(clock: VirtualClock, rpm: int | None = 600, tpm: int | None = No
     return Coordinator(scope="s", endpoint="e", model="m", limits=Limits(rpm=rpm, tpm=tpm), clock=clock, policy=policy, **kwargs)
 
 
-def client(link: DirectLink, clock: VirtualClock, name: str = "a", adapters: int = 1, **kwargs: Any) -> LeaseClient:
+def client(link: DirectLink, clock: VirtualClock, name: str = "a", adapters: int = 1, **kwargs: Any) -> CoordinatedLimiter:
     limits = kwargs.pop("limits", link.coordinator._given)
-    return LeaseClient(link, client=name, adapters=adapters, limits=limits, clock=clock, **kwargs)
+    return CoordinatedLimiter(link, client=name, adapters=adapters, limits=limits, clock=clock, **kwargs)
 
 
-async def send_all(limiter: LeaseClient, clock: VirtualClock, count: int, *, tokens: int = 0, used: int | None = None, latency: float = 0.2) -> list[float]:
+async def send_all(limiter: CoordinatedLimiter, clock: VirtualClock, count: int, *, tokens: int = 0, used: int | None = None, latency: float = 0.2) -> list[float]:
     """``count`` requests at once, each: acquire, 'send' (sleep), settle. Returns send times."""
     sent: list[float] = []
 
@@ -107,7 +108,7 @@ async def send_all(limiter: LeaseClient, clock: VirtualClock, count: int, *, tok
     return sent
 
 
-async def close_all(*limiters: LeaseClient) -> None:
+async def close_all(*limiters: CoordinatedLimiter) -> None:
     for limiter in limiters:
         await limiter.close()
 

@@ -10,13 +10,17 @@ import openai
 import pytest
 
 from actors import Adapter, ChatTask, EmbeddingTask, RetryPolicy, Usage
-from actors.coordinator import Coordinator
-from actors.endpoint_settings import EndpointSettings
-from actors.leases import LeaseClient
-from actors.limiter import Limiter, LocalLimit, LocalLimiter, charged_tokens, rate_limit_event
-from actors.limits import DEFAULT_PAUSE_S, Limits, Observation, RateLimited, parse_duration
-from actors.models import TaskError
-from drivers.mock_server import MockServer
+from actors.adapter.attempt import charged_tokens, rate_limit_event
+from actors.adapter.settings import EndpointSettings
+from actors.errors import TaskError
+from actors.ratelimit.coordinated import CoordinatedLimiter
+from actors.ratelimit.coordinator import Coordinator
+from actors.ratelimit.headers import DEFAULT_PAUSE_S, Observation, parse_duration
+from actors.ratelimit.limiter import Limiter, LocalLimiter
+from actors.ratelimit.limits import Limits
+from actors.ratelimit.protocol import RateLimited
+from actors.ratelimit.specs import LocalLimitSpec
+from drivers.mock import MockServer
 from tests.conftest import TEST_KEY, run
 from tests.test_leases import DirectLink
 from tests.vtime import START, VirtualClock, VirtualTimeLoop, at, clock, loop  # noqa: F401  (fixtures)
@@ -130,7 +134,7 @@ class DirectLimit:
     coordinator: Coordinator
 
     def build(self, client: str) -> Limiter:
-        return LeaseClient(DirectLink(self.coordinator), client=client, adapters=1)
+        return CoordinatedLimiter(DirectLink(self.coordinator), client=client, adapters=1)
 
 
 def test_adapter_learns_limits_and_reports_usage(server: MockServer) -> None:
@@ -188,7 +192,7 @@ def test_insufficient_quota_fails_queued_tasks_without_sending_them(server: Mock
 
 def test_local_limit_spec_builds_a_local_limiter(server: MockServer) -> None:
     async def body() -> None:
-        adapter = Adapter(endpoint=EndpointSettings(base_url=server.base_url, api_key=TEST_KEY), limit=LocalLimit(limits=Limits(rpm=1)))
+        adapter = Adapter(endpoint=EndpointSettings(base_url=server.base_url, api_key=TEST_KEY), limit=LocalLimitSpec(limits=Limits(rpm=1)))
         fatal = await adapter.submit_task(chat("fatal", QUOTA_PROMPT))
         waiting = await adapter.submit_task(chat("waiting", "anything"))
         results = [await adapter.get_result(fatal), await adapter.get_result(waiting)]

@@ -22,7 +22,8 @@ import openai
 import pydantic
 import pytest
 
-from drivers.mock_server import MockConfig, MockServer, ReceivedRequest, _format_duration
+from drivers.mock import MockConfig, MockServer, ReceivedRequest
+from drivers.mock.rate_limits import _format_duration
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[1]
@@ -416,7 +417,7 @@ def test_configure_validates_and_requests_is_a_snapshot(server: MockServer) -> N
 
 
 def test_cli_serves_in_the_foreground_until_sigterm() -> None:
-    cmd = [sys.executable, "-m", "drivers.mock_server", "--port", "0", "--rpm", "100"]
+    cmd = [sys.executable, "-m", "drivers.mock", "--port", "0", "--rpm", "100"]
     with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         try:
             assert proc.stdout is not None

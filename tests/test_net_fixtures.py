@@ -21,7 +21,7 @@ from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response
 
-from drivers.mock_server import MockServer
+from drivers.mock import MockServer
 from tests.conftest import run
 from tests.forward_proxy import ForwardProxy, ProxiedRequest
 from tests.hostile_server import GZIP_BOMB_SIZE, HUGE_BODY_SIZE, HostileServer

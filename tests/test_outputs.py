@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from actors.errors import ConfigError
-from actors.models import ChatTask, TaskError, TaskResult, TaskStatus, Usage
+from actors.errors import ConfigError, TaskError
+from actors.models import ChatTask, TaskResult, TaskStatus, Usage
 from drivers.inputs import InputProblem, InputRequest
 from drivers.outputs import (
     BUDGET_EXHAUSTED,

@@ -7,9 +7,11 @@ import asyncio
 
 import pytest
 
-from actors.bucket import RateBudget
-from actors.coordinator import SHRINK_SETTLE_S, Coordinator
-from actors.limits import MIN_BURST_S, LeasePolicy, LeaseRequest, Limits, Observation, RateLimited
+from actors.ratelimit.budget import RateBudget
+from actors.ratelimit.coordinator import MIN_BURST_S, SHRINK_SETTLE_S, Coordinator
+from actors.ratelimit.headers import Observation
+from actors.ratelimit.limits import Limits
+from actors.ratelimit.protocol import LeasePolicy, LeaseRequest, RateLimited
 from tests.test_coordinator import ask, report
 from tests.vtime import VirtualClock, VirtualTimeLoop, at, clock, loop, run  # noqa: F401  (fixtures)
 

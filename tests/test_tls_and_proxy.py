@@ -20,11 +20,11 @@ import pytest
 import uvloop
 
 from actors import Adapter, ChatTask, RetryPolicy, TaskResult
-from actors.endpoint_settings import EndpointSettings
-from actors.executor import STOP_AFTER
+from actors.adapter.executor import STOP_AFTER
+from actors.adapter.settings import EndpointSettings
 from drivers import cli
 from drivers.endpoint import EndpointFlags, resolve_endpoint
-from drivers.mock_server import MockServer
+from drivers.mock import MockServer
 from drivers.summary import ExitCode
 from tests.forward_proxy import ForwardProxy
 from tests.test_endpoint_settings import SDK_VARIABLES

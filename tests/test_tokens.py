@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from actors import tokens
+from actors.accounting import tokens
 from actors.models import parse_task
 
 

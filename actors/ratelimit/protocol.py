@@ -1,4 +1,4 @@
-"""What adapters and the rate-limit coordinator say to each other, and how headers are read.
+"""What adapters and the rate-limit coordinator say to each other.
 
 Every value that crosses the actor boundary is one of these pydantic models, so a field
 never goes missing on the way. The flow, per adapter:
@@ -16,49 +16,14 @@ so a call that failed or was cancelled midway never loses or doubles a report.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
+from pydantic import Field, model_validator
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from actors.models import TaskError
-
-DEFAULT_PAUSE_S = 1.0
-"""Pause after a 429 that names no wait (no retry-after, no reset header)."""
-MIN_BURST_S = 0.1
-"""The shortest enforcement window a scope is shaped to: 429s with room left keep halving it to this."""
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+from actors.errors import TaskError
+from actors.ratelimit.headers import Observation
+from actors.ratelimit.limits import FrozenModel, Limits
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Limits(_Frozen):
-    """Requests and tokens per minute for one scope; ``None`` = no limit known."""
-
-    rpm: int | None = Field(default=None, gt=0)
-    tpm: int | None = Field(default=None, gt=0)
-
-    @property
-    def known(self) -> bool:
-        return self.rpm is not None or self.tpm is not None
-
-    def tightest(self, other: Limits) -> Limits:
-        """Per dimension, the lower of two limits (a missing one does not count)."""
-        return Limits(rpm=_lowest(self.rpm, other.rpm), tpm=_lowest(self.tpm, other.tpm))
-
-    def share(self, parts: int) -> Limits:
-        """One of ``parts`` equal shares, never rounded down to nothing."""
-        return Limits(
-            rpm=None if self.rpm is None else max(1, self.rpm // parts),
-            tpm=None if self.tpm is None else max(1, self.tpm // parts),
-        )
-
-
-class LeasePolicy(_Frozen):
+class LeasePolicy(FrozenModel):
     """How big leases are and how long they live: the trade between calls and slack."""
 
     horizon_s: float = Field(default=5.0, gt=0)
@@ -90,66 +55,7 @@ class LeasePolicy(_Frozen):
         return self
 
 
-class Observation(_Frozen):
-    """The ``x-ratelimit-*`` headers of one response, seen ``age_s`` before they were reported."""
-
-    limit_requests: int | None = None
-    limit_tokens: int | None = None
-    remaining_requests: int | None = None
-    remaining_tokens: int | None = None
-    reset_requests_s: float | None = None
-    reset_tokens_s: float | None = None
-    age_s: float = Field(default=0.0, ge=0)
-
-    @classmethod
-    def from_headers(cls, headers: Mapping[str, str], *, age_s: float = 0.0) -> Observation:
-        """Read OpenAI's headers; a missing or malformed one is simply not known."""
-        return cls(
-            limit_requests=_int(headers.get("x-ratelimit-limit-requests")),
-            limit_tokens=_int(headers.get("x-ratelimit-limit-tokens")),
-            remaining_requests=_int(headers.get("x-ratelimit-remaining-requests")),
-            remaining_tokens=_int(headers.get("x-ratelimit-remaining-tokens")),
-            reset_requests_s=parse_duration(headers.get("x-ratelimit-reset-requests")),
-            reset_tokens_s=parse_duration(headers.get("x-ratelimit-reset-tokens")),
-            age_s=max(age_s, 0.0),
-        )
-
-    @property
-    def limits(self) -> Limits:
-        return Limits(rpm=_positive(self.limit_requests), tpm=_positive(self.limit_tokens))
-
-    def window_s(self) -> float | None:
-        """The window the server's bucket holds, from remaining + reset at its refill rate
-        (the time to refill from empty); the shortest over the dimensions that tell it."""
-        windows = [
-            reset + remaining * 60.0 / limit
-            for limit, remaining, reset in (
-                (self.limit_requests, self.remaining_requests, self.reset_requests_s),
-                (self.limit_tokens, self.remaining_tokens, self.reset_tokens_s),
-            )
-            if limit is not None and limit > 0 and remaining is not None and remaining >= 0 and reset is not None
-        ]
-        return min(windows, default=None)
-
-    def has_room_for(self, tokens: int) -> bool:
-        """The headers say one more request of ``tokens`` fits (both counts known and enough)."""
-        return (
-            self.remaining_requests is not None
-            and self.remaining_requests >= 1
-            and (self.remaining_tokens is None or self.remaining_tokens >= tokens)
-        )
-
-    def exhausted_reset_s(self) -> float | None:
-        """Time until a dimension that has nothing left refills (a pause when no retry-after)."""
-        resets = [
-            reset
-            for remaining, reset in ((self.remaining_requests, self.reset_requests_s), (self.remaining_tokens, self.reset_tokens_s))
-            if remaining == 0 and reset is not None
-        ]
-        return max(resets, default=None)
-
-
-class RateLimited(_Frozen):
+class RateLimited(FrozenModel):
     """A 429: how long the server asked everyone to wait, or the fatal quota error."""
 
     pause_s: float = Field(ge=0)
@@ -159,7 +65,7 @@ class RateLimited(_Frozen):
     shorter window than its headers describe, so they cannot size the burst."""
 
 
-class Report(_Frozen):
+class Report(FrozenModel):
     """What one adapter tells its coordinator; all counts are since its previous report."""
 
     seq: int = Field(ge=0)
@@ -175,7 +81,7 @@ class Report(_Frozen):
     rate_limited: RateLimited | None = None
 
 
-class LeaseRequest(_Frozen):
+class LeaseRequest(FrozenModel):
     """Ask for capacity: wait for ``need``, take up to ``want`` if it is there now.
 
     ``need`` is what the adapter's waiting requests lack together (the coordinator waits
@@ -193,7 +99,7 @@ class LeaseRequest(_Frozen):
     want_tokens: int = Field(default=0, ge=0)
 
 
-class Notice(_Frozen):
+class Notice(FrozenModel):
     """The scope's state an adapter must act on; ``epoch`` grows with every change."""
 
     incarnation: str
@@ -205,7 +111,7 @@ class Notice(_Frozen):
     stopped: TaskError | None = None
 
 
-class Lease(_Frozen):
+class Lease(FrozenModel):
     """Capacity to spend within ``ttl_s``; ``None`` = that dimension is not limited."""
 
     requests: int | None
@@ -217,7 +123,7 @@ class Lease(_Frozen):
     after it is settled."""
 
 
-class CoordinatorSnapshot(_Frozen):
+class CoordinatorSnapshot(FrozenModel):
     """A point-in-time view of one scope, for the end-of-run summary and debugging."""
 
     scope: str
@@ -249,32 +155,3 @@ class CoordinatorSnapshot(_Frozen):
     calls: int
     """Calls served: leases, reports and watch answers."""
     restarted: bool
-
-
-def parse_duration(text: str | None) -> float | None:
-    """Seconds in a Go duration as OpenAI sends them ("120ms", "1s", "6m0s", "1h2m3.5s")."""
-    if not text:
-        return None
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(number + unit for number, unit in parts) != text:
-        return None
-    return sum(float(number) * _SECONDS[unit] for number, unit in parts)
-
-
-def _int(text: str | None) -> int | None:
-    if text is None:
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        return None
-
-
-def _positive(value: int | None) -> int | None:
-    return value if value is not None and value > 0 else None
-
-
-def _lowest(a: int | None, b: int | None) -> int | None:
-    if a is None or b is None:
-        return a if b is None else b
-    return min(a, b)

@@ -24,15 +24,16 @@ import time
 import openai
 from pydantic import BaseModel
 
-from actors.connection import Connection, permanent_cause
-from actors.endpoints import SENDERS, OnDelta, Reply
-from actors.errors import ScopeStopped
-from actors.limiter import Limiter
-from actors.limits import RateLimited
-from actors.models import TaskError, TaskResult, TaskStatus, Usage
-from actors.pricing import PriceTable
-from actors.retry import RetryPolicy, describe_error, is_fatal_quota, waits_out
-from actors.task_table import TaskRecord
+from actors.accounting.pricing import PriceTable
+from actors.adapter.attempt import attempt_under
+from actors.adapter.endpoints import SENDERS, OnDelta, Reply
+from actors.adapter.retry import RetryPolicy, describe_error, is_fatal_quota, waits_out
+from actors.adapter.task_table import TaskRecord
+from actors.adapter.transport import Connection, permanent_cause
+from actors.errors import ScopeStopped, TaskError
+from actors.models import TaskResult, TaskStatus, Usage
+from actors.ratelimit.limiter import Limiter
+from actors.ratelimit.protocol import RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ class TaskExecutor:
 
     async def _send_once(self, record: TaskRecord) -> Reply:
         task = record.task
-        async with self._limiter.attempt(task) as limited:  # waits for the rate limit
+        async with attempt_under(self._limiter, task) as limited:  # waits for the rate limit
             record.attempts += 1
             self.stats.requests += 1
             self.stats.retries += record.attempts > 1

@@ -15,9 +15,10 @@ from pydantic import BaseModel, ConfigDict
 from ray.actor import ActorHandle
 from ray.exceptions import RayActorError
 
-from actors.adapter import AdapterStats
-from actors.leases import CoordinatedLimit
-from actors.limits import CoordinatorSnapshot, Limits
+from actors.adapter.executor import AdapterStats
+from actors.ratelimit.limits import Limits
+from actors.ratelimit.protocol import CoordinatorSnapshot
+from actors.ratelimit.specs import CoordinatedLimitSpec
 from drivers.fanout import get_each
 
 
@@ -54,7 +55,7 @@ class RateReport(BaseModel):
         )
 
 
-def close_and_report(adapters: Sequence[ActorHandle], limit: CoordinatedLimit, wall_s: float) -> RateReport:
+def close_and_report(adapters: Sequence[ActorHandle[Any]], limit: CoordinatedLimitSpec, wall_s: float) -> RateReport:
     """Close the run's adapters, then sum their counters.
 
     Closing first sends their last reports (usage, headers, capacity they still hold) to
@@ -63,8 +64,10 @@ def close_and_report(adapters: Sequence[ActorHandle], limit: CoordinatedLimit, w
     """
     _values([adapter.close.remote() for adapter in adapters])
     stats: list[AdapterStats] = _values([adapter.stats.remote() for adapter in adapters])
+    snapshot_ref: ray.ObjectRef[CoordinatorSnapshot] = limit.coordinator.snapshot.remote()
+    snapshot: CoordinatorSnapshot | None
     try:
-        snapshot: CoordinatorSnapshot | None = ray.get(limit.coordinator.snapshot.remote())
+        snapshot = ray.get(snapshot_ref)
     except RayActorError:
         snapshot = None
     return RateReport(
@@ -77,7 +80,7 @@ def close_and_report(adapters: Sequence[ActorHandle], limit: CoordinatedLimit, w
     )
 
 
-def _values(refs: list[ray.ObjectRef]) -> list[Any]:
+def _values(refs: list[ray.ObjectRef[Any]]) -> list[Any]:
     """Every value, skipping adapters that died (their requests already ended as adapter_died)."""
     values = []
     for value in get_each(refs):

@@ -30,7 +30,7 @@ from openai._models import FinalRequestOptions
 from openai._vendor.httpx_aiohttp.client import Httpx2AiohttpClient
 from openai._vendor.httpx_aiohttp.transport import AiohttpTransport
 
-from actors.endpoint_settings import EndpointSettings
+from actors.adapter.settings import EndpointSettings
 
 _ROUTES_KEPT = 1024  # (path, model, timeout) routes cached; a batch uses a handful
 _HOP_BY_HOP = frozenset({"host", "connection", "content-length", "transfer-encoding"})  # aiohttp sets these itself

@@ -6,7 +6,7 @@ a plain async class around one ``RateBudget`` (testable without Ray, on virtual 
 gets or creates the scope's one named instance. The name is a hash, so the key never
 appears in Ray's actor listing.
 
-Adapters lease capacity in slices sized to their recent rate (``actors.leases``), so the
+Adapters lease capacity in slices sized to their recent rate (``actors.ratelimit.coordinated``), so the
 coordinator is called far less than once per request; what they have to say (capacity
 returned, usage, ``x-ratelimit-*`` headers) rides along with the next lease. From that it
 learns limits nobody gave it, tightens its bucket when the server has less left than it
@@ -26,26 +26,18 @@ import time
 import uuid
 import warnings
 from collections import deque
+from typing import Any
 from dataclasses import dataclass
 
 import ray
 from ray.actor import ActorHandle
 
-from actors.bucket import Clock, RateBudget
-from actors.errors import ScopeStopped
-from actors.limits import (
-    MIN_BURST_S,
-    CoordinatorSnapshot,
-    Lease,
-    LeasePolicy,
-    LeaseRequest,
-    Limits,
-    Notice,
-    Observation,
-    RateLimited,
-    Report,
-)
-from actors.models import TaskError
+from actors.errors import ScopeStopped, TaskError
+from actors.ratelimit.bucket import Clock
+from actors.ratelimit.budget import RateBudget
+from actors.ratelimit.headers import Observation
+from actors.ratelimit.limits import Limits
+from actors.ratelimit.protocol import CoordinatorSnapshot, Lease, LeasePolicy, LeaseRequest, Notice, RateLimited, Report
 
 NAMESPACE = "rayfan"
 """Named coordinators live here, so every job on the cluster finds the same one."""
@@ -59,6 +51,8 @@ SEEN_REPORTS = 256
 """Report numbers remembered per adapter; a re-sent report is always far more recent."""
 RATE_WINDOW_S = 60.0
 """Current rates in the snapshot are over this window."""
+MIN_BURST_S = 0.1
+"""The shortest enforcement window a scope is shaped to: 429s with room left keep halving it to this."""
 BURST_CHANGE = 0.1
 """A learned window this close (relative) to the one in force changes nothing: headers jitter."""
 SHRINK_SETTLE_S = 5.0
@@ -399,12 +393,12 @@ class _CoordinatorActor(Coordinator):
         super().__init__(scope=scope, endpoint=endpoint, model=model, limits=limits, policy=policy, restarted=restarted)
 
 
-RateLimitCoordinator = ray.remote(max_restarts=-1, max_concurrency=MAX_CONCURRENCY, num_cpus=0)(_CoordinatorActor)
+RateLimitCoordinator = ray.remote(max_restarts=-1, max_concurrency=MAX_CONCURRENCY, num_cpus=0)(_CoordinatorActor)  # type: ignore[call-overload]  # Ray's stubs omit max_concurrency
 
 
 def coordinator_for(
     endpoint: str, api_key: str, model: str, *, limits: Limits | None = None, policy: LeasePolicy | None = None
-) -> ActorHandle:
+) -> ActorHandle[Any]:
     """The scope's coordinator, created on first use; later callers get the same actor.
 
     Detached, so it outlives the job that created it and other jobs on the cluster share
@@ -413,7 +407,7 @@ def coordinator_for(
     """
     name = scope_name(endpoint, api_key, model)
     limits = limits or Limits()
-    handle = RateLimitCoordinator.options(
+    handle: ActorHandle[Any] = RateLimitCoordinator.options(
         name=name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached"
     ).remote(scope=name, endpoint=endpoint, model=model, limits=limits, policy=policy or LeasePolicy())
     ray.get([handle.reopen.remote(), *([handle.configure.remote(limits)] if limits.known else [])])

@@ -11,7 +11,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.connection import Connection
+import openai
+
+from actors.adapter.transport import Connection
 from actors.models import AnyTask, ChatTask, EmbeddingTask, ResponsesTask, Usage
 
 OnDelta = Callable[[str], None]
@@ -62,9 +64,9 @@ async def send_chat(connection: Connection, task: ChatTask, on_delta: OnDelta) -
 
 
 async def _stream_chat(connection: Connection, task: ChatTask, on_delta: OnDelta) -> Reply:
-    options = {} if task.timeout_s is None else {"timeout": task.timeout_s}
+    timeout = openai.NOT_GIVEN if task.timeout_s is None else task.timeout_s
     raw = await connection.client.chat.completions.with_raw_response.create(
-        **request_body(task), stream=True, stream_options={"include_usage": True}, **options
+        **request_body(task), stream=True, stream_options={"include_usage": True}, timeout=timeout
     )
     parts: list[str] = []
     finish_reason = None

@@ -51,7 +51,7 @@ class PriceTable(BaseModel):
 
     @classmethod
     def default(cls) -> PriceTable:
-        text = resources.files("actors").joinpath("prices.json").read_text(encoding="utf-8")
+        text = resources.files("actors.accounting").joinpath("prices.json").read_text(encoding="utf-8")
         return cls.model_validate_json(text)
 
     @classmethod

@@ -1,4 +1,4 @@
-"""Rate budget for one limit scope (endpoint + key + model): RPM and TPM buckets.
+"""Rate budget for one limit scope (endpoint + key + model): RPM and TPM buckets, granted in order.
 
 Pure and loop-local: no Ray, no I/O. The coordinator actor owns one ``RateBudget`` per
 scope and hands out leases through ``acquire``/``refund``; an adapter limited on its own
@@ -17,20 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-Clock = Callable[[], float]
+from actors.ratelimit.bucket import EPS, Clock, TokenBucket
+from actors.ratelimit.ledger import LEDGER_S, GrantLedger
+
 ErrorFactory = Callable[[], BaseException]
-
-# Float drift: amounts this close to the target count as available, and waits this short
-# count as "now", so a wake at the computed time always makes progress.
-_EPS = 1e-9
-# How far back the budget remembers what it handed out: a server observation older than
-# this cannot be compared with our own books any more and is ignored.
-LEDGER_S = 60.0
-
-
-def _check_limit(capacity: float, refill_per_s: float) -> None:
-    if not (capacity > 0 and refill_per_s > 0):
-        raise ValueError(f"limits must be positive, got {capacity=} {refill_per_s=}")
 
 
 def _check_burst(burst_s: float) -> None:
@@ -47,92 +37,7 @@ def _up_to(amount: int, bucket: TokenBucket | None) -> int:
     """As much of ``amount`` as the bucket holds now, in whole units (all of it if unlimited)."""
     if bucket is None:
         return amount
-    return max(0, min(amount, math.floor(bucket.level() + _EPS)))
-
-
-class TokenBucket:
-    """One continuously refilled bucket, full or empty at first. The level may go negative (debt)."""
-
-    __slots__ = ("_capacity", "_rate", "_level", "_last", "_clock")
-
-    def __init__(self, capacity: float, refill_per_s: float, *, clock: Clock = time.monotonic, full: bool = True) -> None:
-        _check_limit(capacity, refill_per_s)
-        self._capacity = float(capacity)
-        self._rate = float(refill_per_s)
-        self._clock = clock
-        self._level = self._capacity if full else 0.0
-        self._last = clock()
-
-    @property
-    def capacity(self) -> float:
-        return self._capacity
-
-    @property
-    def refill_per_s(self) -> float:
-        return self._rate
-
-    def _refill(self) -> None:
-        """Credit the time elapsed since the last look; a clock going backwards is ignored."""
-        now = self._clock()
-        if now > self._last:
-            self._level = min(self._capacity, self._level + (now - self._last) * self._rate)
-            self._last = now
-
-    def level(self) -> float:
-        """Amount available right now (negative while in debt)."""
-        self._refill()
-        return self._level
-
-    def time_until(self, amount: float) -> float:
-        """Seconds until ``amount`` is available; 0 if it is now.
-
-        Amounts above capacity wait for a full bucket (not forever): the caller then
-        takes the whole amount and the bucket goes into debt.
-        """
-        self._refill()
-        need = min(amount, self._capacity) - self._level
-        if need <= _EPS:
-            return 0.0
-        wait = need / self._rate
-        return wait if wait > _EPS else 0.0
-
-    def try_take(self, amount: float) -> bool:
-        """Take ``amount`` if ``time_until(amount)`` is 0, else take nothing."""
-        if self.time_until(amount) > 0:
-            return False
-        self._level -= amount
-        return True
-
-    def take(self, amount: float) -> None:
-        """Take unconditionally; may leave debt (real usage above the estimate)."""
-        self._refill()
-        self._level -= amount
-
-    def give(self, amount: float) -> None:
-        """Refund unused capacity; never fills past capacity."""
-        self._refill()
-        self._level = min(self._capacity, self._level + amount)
-
-    def set_limit(self, capacity: float, refill_per_s: float) -> None:
-        """Change limits keeping the available fraction (full stays full, debt stays debt)."""
-        _check_limit(capacity, refill_per_s)
-        self._refill()
-        self._level = self._level / self._capacity * capacity
-        self._capacity = float(capacity)
-        self._rate = float(refill_per_s)
-
-    def resize(self, capacity: float) -> None:
-        """Change the capacity keeping what is missing: a larger bucket gains the difference
-        (the server that allows it has it too), a smaller one keeps at most its capacity."""
-        _check_limit(capacity, self._rate)
-        self._refill()
-        self._level = min(self._level + max(capacity - self._capacity, 0.0), capacity)
-        self._capacity = float(capacity)
-
-    def clamp_to(self, level: float) -> None:
-        """Lower the level to at most ``level`` (the server says fewer remain)."""
-        self._refill()
-        self._level = min(self._level, level)
+    return max(0, min(amount, math.floor(bucket.level() + EPS)))
 
 
 @dataclass(eq=False)
@@ -187,8 +92,7 @@ class RateBudget:
         self._granted_tokens = 0
         self._refunded_requests = 0
         self._refunded_tokens = 0
-        # (time, net requests taken, net tokens taken) after each change, oldest first.
-        self._ledger: deque[tuple[float, int, int]] = deque([(clock(), 0, 0)])
+        self._ledger = GrantLedger(clock)
 
     def _new_bucket(self, per_minute: float | None, full: bool = True) -> TokenBucket | None:
         if per_minute is None:
@@ -335,7 +239,7 @@ class RateBudget:
         """
         if age_s > LEDGER_S:
             return
-        taken_requests, taken_tokens = self._taken_since(self._clock() - age_s)
+        taken_requests, taken_tokens = self._ledger.taken_since(self._clock() - age_s)
         if requests is not None and self._rpm is not None:
             self._rpm.clamp_to(requests + self._rpm.refill_per_s * age_s - taken_requests)
         if tokens is not None and self._tpm is not None:
@@ -397,21 +301,7 @@ class RateBudget:
         self._note()
 
     def _note(self) -> None:
-        """Append the net amounts taken so far; keep one entry older than LEDGER_S as a base."""
-        now = self._clock()
-        net = (now, self._granted_requests - self._refunded_requests, self._granted_tokens - self._refunded_tokens)
-        self._ledger.append(net)
-        while len(self._ledger) > 1 and self._ledger[1][0] <= now - LEDGER_S:
-            self._ledger.popleft()
-
-    def _taken_since(self, since: float) -> tuple[int, int]:
-        """Net requests and tokens handed out after ``since`` (scans back from the newest)."""
-        _, requests_now, tokens_now = self._ledger[-1]
-        for at, requests, tokens in reversed(self._ledger):
-            if at <= since:
-                return requests_now - requests, tokens_now - tokens
-        _, requests, tokens = self._ledger[0]
-        return requests_now - requests, tokens_now - tokens
+        self._ledger.note(self._granted_requests - self._refunded_requests, self._granted_tokens - self._refunded_tokens)
 
     def _give_back(self, requests: int, tokens: int) -> None:
         if self._rpm is not None:

@@ -17,17 +17,18 @@ from typing import Any
 import ray
 from pydantic import BaseModel
 
-from actors.connection import Connection
-from actors.endpoint_settings import EndpointSettings
-from actors.endpoints import SENDERS
+from actors.accounting.pricing import PriceTable
+from actors.adapter.endpoints import SENDERS
+from actors.adapter.executor import AdapterStats, TaskExecutor
+from actors.adapter.process_gc import tune_for_many_open_requests
+from actors.adapter.retry import RetryPolicy
+from actors.adapter.settings import EndpointSettings
+from actors.adapter.task_table import TaskTable
+from actors.adapter.transport import Connection
 from actors.errors import ConfigError, ResultTimeout
-from actors.executor import AdapterStats, TaskExecutor
-from actors.limiter import LimitSpec, NoLimit
 from actors.models import DEFAULT_MODEL, AnyTask, TaskResult, TaskStatus, parse_task
-from actors.pricing import PriceTable
-from actors.process_gc import tune_for_many_open_requests
-from actors.retry import RetryPolicy
-from actors.task_table import TaskTable
+from actors.ratelimit.limiter import NoLimit
+from actors.ratelimit.specs import LimitSpec
 
 TaskInput = Any  # a task model or a dict that validates as one (see actors.models.parse_task)
 MAX_CONCURRENCY = 4096  # calls one actor serves at once: in-flight run()/get_result() waits
@@ -198,7 +199,7 @@ class Adapter:
         return parsed
 
 
-@ray.remote(max_concurrency=MAX_CONCURRENCY)
+@ray.remote(max_concurrency=MAX_CONCURRENCY)  # type: ignore[call-overload]  # Ray's stubs omit max_concurrency
 class OpenAIAdapter(Adapter):
     """The adapter as a Ray actor (same arguments as ``Adapter``). It has its worker process
     to itself, so it tunes that process's garbage collector for many short-lived requests."""

@@ -25,8 +25,8 @@ from tenacity import (
 )
 from tenacity.wait import wait_base
 
-from actors.connection import ResponseTooLarge, permanent_cause
-from actors.models import TaskError
+from actors.adapter.transport import ResponseTooLarge, permanent_cause
+from actors.errors import TaskError
 
 log = logging.getLogger(__name__)
 

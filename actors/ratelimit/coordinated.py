@@ -1,113 +1,43 @@
 """The adapter's side of a coordinated scope: capacity leased in slices and spent locally.
 
-A ``LeaseClient`` keeps a local pool (requests, tokens) leased from the scope's
+A ``CoordinatedLimiter`` keeps a local pool (requests, tokens) leased from the scope's
 coordinator and spends one request and its reservation from it per attempt, so the
 coordinator is called about once per lease, not once per request. When the pool cannot
 serve the first waiting attempt, one lease call asks for what all waiting attempts lack
 (and, if the scope has it to spare, for ``horizon_s`` of the adapter's recent rate); the
-other attempts wait on futures, in order. A settled attempt's surplus goes back into the pool; what is left when the pool expires,
-usage and the latest ``x-ratelimit-*`` headers ride along with the next call, as numbered
-reports that are re-sent until a call carrying them succeeds.
+other attempts wait on futures, in order. A settled attempt's surplus goes back into the
+pool; what is left when the pool expires, usage and the latest ``x-ratelimit-*`` headers
+ride along with the next call (``report_log.py``).
 
 One parked ``watch`` call per adapter brings pauses (any adapter's 429), a stop
-(insufficient_quota) and new limits at once. When the coordinator cannot be reached the
-client spends a fallback share (the limit / the number of adapters, starting empty) and
-reports that spending as debt once the coordinator answers again.
+(insufficient_quota, a rejected key, an unreachable endpoint) and new limits at once.
+When the coordinator cannot be reached the limiter spends a fallback share
+(``fallback.py``) and reports that spending as debt once the coordinator answers again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import math
 import time
-import uuid
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
 
-import ray
-from pydantic import BaseModel, ConfigDict, Field
-from ray.actor import ActorHandle
-from ray.exceptions import RayActorError
-
-from actors.bucket import Clock, RateBudget
-from actors.errors import ScopeStopped
-from actors.limiter import Limiter, Permit
-from actors.limits import Lease, LeasePolicy, LeaseRequest, Limits, Notice, Observation, RateLimited, Report
-from actors.models import TaskError
+from actors.errors import ScopeStopped, TaskError
+from actors.ratelimit.bucket import Clock
+from actors.ratelimit.fallback import FallbackShare
+from actors.ratelimit.limiter import Limiter, Permit
+from actors.ratelimit.limits import Limits
+from actors.ratelimit.link import CoordinatorLink, CoordinatorUnreachable
+from actors.ratelimit.protocol import LeasePolicy, LeaseRequest, Notice, RateLimited, Report
+from actors.ratelimit.report_log import ReportLog
 
 log = logging.getLogger(__name__)
 
 _INF = math.inf
 _MAX_BACKOFF = 8  # reconnect waits grow to this multiple of LeasePolicy.reconnect_s
-
-
-class CoordinatorUnreachable(Exception):
-    """Raised by a link when the coordinator cannot answer; the client falls back, never the caller."""
-
-
-class CoordinatorLink(Protocol):
-    """How a client reaches its coordinator: a Ray handle in production, the object in tests."""
-
-    async def lease(self, request: LeaseRequest) -> Lease: ...
-
-    async def report(self, client: str, reports: list[Report]) -> Notice: ...
-
-    async def watch(self, client: str, epoch: int, incarnation: str | None) -> Notice: ...
-
-
-class RayLink:
-    """The coordinator actor behind a handle; a dead or restarting actor is ``CoordinatorUnreachable``."""
-
-    def __init__(self, handle: ActorHandle) -> None:
-        self._handle = handle
-
-    async def lease(self, request: LeaseRequest) -> Lease:
-        lease: Lease = await self._call(self._handle.lease.remote(request))
-        return lease
-
-    async def report(self, client: str, reports: list[Report]) -> Notice:
-        notice: Notice = await self._call(self._handle.report.remote(client, reports))
-        return notice
-
-    async def watch(self, client: str, epoch: int, incarnation: str | None) -> Notice:
-        notice: Notice = await self._call(self._handle.watch.remote(client, epoch, incarnation))
-        return notice
-
-    @staticmethod
-    async def _call(ref: ray.ObjectRef) -> object:
-        try:
-            return await ref
-        except asyncio.CancelledError:
-            ray.cancel(ref)  # the coordinator stops waiting too (and gives back a grant it raced)
-            raise
-        except RayActorError as error:
-            raise CoordinatorUnreachable(str(error).splitlines()[0]) from error
-
-
-class CoordinatedLimit(BaseModel):
-    """Share the scope's limits through its coordinator (see ``actors.coordinator.coordinator_for``)."""
-
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
-
-    coordinator: ActorHandle
-    adapters: int = Field(ge=1)
-    """Adapters in the scope, for the fallback share while the coordinator is away."""
-    limits: Limits = Field(default_factory=Limits)
-    """Limits known before the first lease (the fallback share's base until a lease says more)."""
-    policy: LeasePolicy = Field(default_factory=LeasePolicy)
-
-    def build(self, client: str) -> Limiter:
-        return LeaseClient(
-            RayLink(self.coordinator),
-            client=f"{client}-{uuid.uuid4().hex[:6]}",
-            adapters=self.adapters,
-            limits=self.limits,
-            policy=self.policy,
-        )
 
 
 @dataclass(slots=True)
@@ -124,43 +54,6 @@ class _Pool:
     tokens: float = 0.0
     expires_at: float = -_INF
     generation: int = 0
-
-
-@dataclass(slots=True)
-class _Pending:
-    """What the next call will tell the coordinator."""
-
-    returned_requests: int = 0
-    returned_tokens: int = 0
-    sent: int = 0
-    reserved: int = 0
-    used: int = 0
-    headers: Mapping[str, str] | None = None
-    headers_at: float = 0.0
-    flush: bool = False
-    """Send even without a lease to ask for: the pool expired with something to tell."""
-
-    def empty(self) -> bool:
-        return not (self.returned_requests or self.returned_tokens or self.sent or self.used or self.headers is not None)
-
-    def take(self, seq: int, now: float, rate_limited: RateLimited | None = None) -> Report:
-        observation = None
-        if self.headers is not None:
-            observation = Observation.from_headers(self.headers, age_s=now - self.headers_at)
-        report = Report(
-            seq=seq,
-            returned_requests=self.returned_requests,
-            returned_tokens=self.returned_tokens,
-            sent=self.sent,
-            reserved_tokens=self.reserved,
-            used_tokens=self.used,
-            observation=observation,
-            rate_limited=rate_limited,
-        )
-        self.returned_requests = self.returned_tokens = self.sent = self.reserved = self.used = 0
-        self.headers = None
-        self.flush = False
-        return report
 
 
 @dataclass(slots=True)
@@ -189,7 +82,7 @@ class _RateMeter:
             self.at = now
 
 
-class LeaseClient(Limiter):
+class CoordinatedLimiter(Limiter):
     """Spends capacity leased from the scope's coordinator; see the module docstring."""
 
     waits_out_rate_limits = True
@@ -211,9 +104,7 @@ class LeaseClient(Limiter):
         self._policy = policy or LeasePolicy()
         self._clock = clock
         self._pool = _Pool()
-        self._pending = _Pending()
-        self._seq = itertools.count()
-        self._unacked: list[Report] = []
+        self._log = ReportLog()
         self._meter = _RateMeter(self._policy.horizon_s)
         self._waiters: deque[_Waiter] = deque()
         self._refill: asyncio.Task[None] | None = None
@@ -222,7 +113,7 @@ class LeaseClient(Limiter):
         self._resume: asyncio.TimerHandle | None = None
         self._paused_until = -_INF
         self._stopped: TaskError | None = None
-        self._fallback: RateBudget | None = None
+        self._fallback: FallbackShare | None = None
         self._probe_out = False
         self._clients = adapters
         self._epoch = 0
@@ -257,19 +148,19 @@ class LeaseClient(Limiter):
             raise
 
     def settle(self, permit: Permit, used_tokens: int) -> None:
-        self._pending.used += used_tokens
+        self._log.pending.used += used_tokens
         self._probe_out = False
         delta = permit.tokens - used_tokens
         if permit.generation == self._pool.generation:
             self._pool.tokens += delta
         else:
-            self._pending.returned_tokens += delta
+            self._log.pending.returned_tokens += delta
         self._pump()
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """Keep the latest headers; they are read only when the next report is built."""
-        self._pending.headers = headers
-        self._pending.headers_at = self._clock()
+        self._log.pending.headers = headers
+        self._log.pending.headers_at = self._clock()
 
     async def rate_limited(self, event: RateLimited) -> None:
         """Pause (or stop) here at once, and tell the coordinator now so everyone does."""
@@ -278,7 +169,7 @@ class LeaseClient(Limiter):
             self._stop(event.fatal)
         else:
             self._paused_until = max(self._paused_until, now + event.pause_s)
-        notice = await self._send_reports(self._outgoing(now, rate_limited=event))
+        notice = await self._send_reports(self._log.outgoing(now, rate_limited=event))
         if notice is not None:
             self._apply(notice)
 
@@ -294,7 +185,7 @@ class LeaseClient(Limiter):
         if tasks:
             await asyncio.wait(tasks)
         self._expire()
-        await self._send_reports(self._outgoing(self._clock()))
+        await self._send_reports(self._log.outgoing(self._clock()))
 
     # -- spending ---------------------------------------------------------------------
 
@@ -309,20 +200,20 @@ class LeaseClient(Limiter):
     def _spend(self, tokens: int) -> Permit:
         self._pool.requests -= 1
         self._pool.tokens -= tokens
-        self._pending.sent += 1
-        self._pending.reserved += tokens
+        self._log.pending.sent += 1
+        self._log.pending.reserved += tokens
         return Permit(tokens, self._pool.generation)
 
     def _unspend(self, permit: Permit) -> None:
         """A waiter was cancelled after its permit was granted: nothing was sent."""
-        self._pending.sent -= 1
-        self._pending.reserved -= permit.tokens
+        self._log.pending.sent -= 1
+        self._log.pending.reserved -= permit.tokens
         if permit.generation == self._pool.generation:
             self._pool.requests += 1
             self._pool.tokens += permit.tokens
         else:
-            self._pending.returned_requests += 1
-            self._pending.returned_tokens += permit.tokens
+            self._log.pending.returned_requests += 1
+            self._log.pending.returned_tokens += permit.tokens
 
     def _head(self) -> _Waiter | None:
         """The first waiter still waiting (cancelled ones are dropped on the way)."""
@@ -352,10 +243,10 @@ class LeaseClient(Limiter):
         if pool.expires_at == -_INF:
             return  # already expired (or never leased)
         if not math.isinf(pool.requests):
-            self._pending.returned_requests += int(pool.requests)
+            self._log.pending.returned_requests += int(pool.requests)
         if not math.isinf(pool.tokens):
-            self._pending.returned_tokens += int(pool.tokens)
-        self._pending.flush = not self._pending.empty()
+            self._log.pending.returned_tokens += int(pool.tokens)
+        self._log.pending.flush = not self._log.pending.empty()
         pool.requests = pool.tokens = 0.0
         pool.expires_at = -_INF
         pool.generation += 1
@@ -386,8 +277,8 @@ class LeaseClient(Limiter):
         if self._fallback is not None:
             return self._head() is not None
         if self._probe_out:
-            return self._pending.flush
-        return self._head() is not None or self._pending.flush
+            return self._log.pending.flush
+        return self._head() is not None or self._log.pending.flush
 
     async def _refill_loop(self) -> None:
         while self._refill_due(self._clock()):
@@ -423,7 +314,7 @@ class LeaseClient(Limiter):
         first_tokens, _ = _ask(self._pool.tokens, waiting[0].tokens if waiting else 0, 0)
         return LeaseRequest(
             client=self._client,
-            reports=self._outgoing(now),
+            reports=self._log.outgoing(now),
             need_requests=need_requests,
             need_tokens=need_tokens,
             first_tokens=first_tokens,
@@ -439,7 +330,7 @@ class LeaseClient(Limiter):
         except CoordinatorUnreachable as error:
             self._enter_fallback(error)
             return
-        self._acked(request.reports)
+        self._log.acked(request.reports)
         self._apply(lease.notice)
         if self._stopped is None:
             self._pool.requests = _merged(self._pool.requests, lease.requests)
@@ -448,7 +339,7 @@ class LeaseClient(Limiter):
             self._extend(self._clock() + lease.ttl_s)
 
     async def _send_flush(self) -> None:
-        notice = await self._send_reports(self._outgoing(self._clock()))
+        notice = await self._send_reports(self._log.outgoing(self._clock()))
         if notice is not None:
             self._apply(notice)
 
@@ -459,18 +350,8 @@ class LeaseClient(Limiter):
         except CoordinatorUnreachable as error:
             self._enter_fallback(error)
             return None
-        self._acked(reports)
+        self._log.acked(reports)
         return notice
-
-    def _outgoing(self, now: float, rate_limited: RateLimited | None = None) -> list[Report]:
-        """Reports not yet acknowledged, plus one for what is pending now (if anything)."""
-        if rate_limited is not None or not self._pending.empty():
-            self._unacked.append(self._pending.take(next(self._seq), now, rate_limited))
-        return list(self._unacked)
-
-    def _acked(self, reports: list[Report]) -> None:
-        done = {report.seq for report in reports}
-        self._unacked = [report for report in self._unacked if report.seq not in done]
 
     # -- coordinator state ------------------------------------------------------------
 
@@ -511,18 +392,18 @@ class LeaseClient(Limiter):
     def _enter_fallback(self, error: CoordinatorUnreachable) -> None:
         if self._fallback is not None or self._stopped is not None:
             return
-        share = self._limits.share(max(self._adapters, self._clients))
-        self._fallback = RateBudget(
-            rpm=share.rpm, tpm=share.tpm, clock=self._clock, full=False, burst_s=self._policy.initial_burst_s
+        fallback = FallbackShare(
+            self._limits, max(self._adapters, self._clients), clock=self._clock, burst_s=self._policy.initial_burst_s
         )
+        self._fallback = fallback
         log.warning(
             "%s: coordinator unreachable (%s); limiting this adapter to rpm=%s tpm=%s until it answers",
-            self._client, error, share.rpm, share.tpm,
+            self._client, error, fallback.limits.rpm, fallback.limits.tpm,
         )
         if self._refill is not None and self._refill is not asyncio.current_task():
             self._refill.cancel()  # it may be stuck on the lost coordinator; restarted on the fallback
 
-    async def _draw_fallback(self, budget: RateBudget) -> None:
+    async def _draw_fallback(self, fallback: FallbackShare) -> None:
         """Take what the first waiter lacks from the local share, as debt to report later."""
         now = self._clock()
         self._spendable(now, 0)
@@ -531,11 +412,11 @@ class LeaseClient(Limiter):
             return
         need_requests, _ = _ask(self._pool.requests, 1, 0)
         need_tokens, _ = _ask(self._pool.tokens, head.tokens, 0)
-        await budget.acquire(need_requests, need_tokens)
+        await fallback.take(need_requests, need_tokens)
         self._pool.requests += need_requests
         self._pool.tokens += need_tokens
-        self._pending.returned_requests -= need_requests
-        self._pending.returned_tokens -= need_tokens
+        self._log.pending.returned_requests -= need_requests
+        self._log.pending.returned_tokens -= need_tokens
         if self._pool.expires_at < self._clock() + self._policy.ttl_s:
             self._extend(self._clock() + self._policy.ttl_s)
 

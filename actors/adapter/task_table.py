@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Callable, Collection, Coroutine
+from typing import Any
 from dataclasses import dataclass
 
 from actors.errors import TaskNotFound
@@ -31,7 +32,7 @@ class TaskRecord:
     result: TaskResult | None = None
 
 
-Execute = Callable[[TaskRecord], Awaitable[None]]
+Execute = Callable[[TaskRecord], Coroutine[Any, Any, None]]
 NeverStarted = Callable[[TaskRecord], None]
 
 

@@ -1,0 +1,60 @@
+"""Picklable recipes for limiters: what a driver hands an adapter, built inside its event loop.
+
+A spec is plain data (limits, a coordinator's handle); the limiter it builds holds loop
+state (futures, timers) and so is made where it runs, one per adapter.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray.actor import ActorHandle
+
+from actors.ratelimit.coordinated import CoordinatedLimiter
+from actors.ratelimit.limiter import Limiter, LocalLimiter
+from actors.ratelimit.limits import Limits
+from actors.ratelimit.link import RayLink
+from actors.ratelimit.protocol import LeasePolicy
+
+
+class LimitSpec(Protocol):
+    """A picklable recipe for a limiter, built inside the adapter that uses it."""
+
+    def build(self, client: str) -> Limiter: ...
+
+
+class LocalLimitSpec(BaseModel):
+    """Limit each adapter on its own to ``limits`` (no coordinator)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    limits: Limits
+
+    def build(self, client: str) -> Limiter:
+        return LocalLimiter(self.limits)
+
+
+
+
+class CoordinatedLimitSpec(BaseModel):
+    """Share the scope's limits through its coordinator (see ``actors.ratelimit.coordinator.coordinator_for``)."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    coordinator: ActorHandle[Any]
+    adapters: int = Field(ge=1)
+    """Adapters in the scope, for the fallback share while the coordinator is away."""
+    limits: Limits = Field(default_factory=Limits)
+    """Limits known before the first lease (the fallback share's base until a lease says more)."""
+    policy: LeasePolicy = Field(default_factory=LeasePolicy)
+
+    def build(self, client: str) -> Limiter:
+        return CoordinatedLimiter(
+            RayLink(self.coordinator),
+            client=f"{client}-{uuid.uuid4().hex[:6]}",
+            adapters=self.adapters,
+            limits=self.limits,
+            policy=self.policy,
+        )
