@@ -1,9 +1,11 @@
-"""``rayfan run INPUT.jsonl -o OUTPUT.jsonl``: the batch driver's command line."""
+"""``rayfan run INPUT.jsonl -o OUTPUT.jsonl``: the batch driver's command line; ``rayfan report
+OUTPUT.jsonl``: what an output file holds."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import logging
 import math
 import sys
@@ -23,6 +25,7 @@ from drivers.estimate import estimate_file
 from drivers.inputs import InputProblem, RequestDefaults, count_requests, read_requests
 from drivers.outputs import check_output
 from drivers.progress import ProgressBar
+from drivers.report import INSTALL_PLOT, run_report
 from drivers.summary import ExitCode
 
 T = TypeVar("T", int, float)
@@ -31,6 +34,10 @@ MOCK_API_KEY = "sk-mock-not-a-real-key"
 MAX_BUDGET_USD = 1e9
 """Far above any batch; --budget-usd 1e300 would overflow the budget's count of picodollars."""
 EXIT_CODES = "exit codes:\n" + "\n".join(f"  {code.value:<4}{code.meaning}" for code in ExitCode)
+REPORT_EXIT_CODES = (
+    f"exit codes:\n  {ExitCode.OK.value:<4}the report was printed (and the chart written), whatever the records say\n"
+    f"  {ExitCode.USAGE.value:<4}bad flags, a file that cannot be read, or a chart that cannot be drawn (one line on stderr)"
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,6 +66,7 @@ def _positive(kind: Callable[[str], T], *, at_most: float = math.inf) -> Callabl
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rayfan", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"rayfan {_installed_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser(
         "run",
@@ -92,7 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-tokens", type=_positive(int), default=None, help="max_tokens for prompt-shorthand lines")
     run.add_argument("--adapters", type=_positive(int), default=2, help="adapter actors to spread the requests over")
     run.add_argument("--max-in-flight", type=_positive(int), default=256, help="requests open at the endpoint at once, shared by the adapters")
-    run.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
+    run.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address, or ray://HOST:10001 (default: RAY_ADDRESS, else a Ray started on this machine"
+        " with `ray start --head` if it answers, else a new local one for this run)",
+    )
     run.add_argument("--retry-failed", action="store_true", help="on resume, send failed requests again")
     run.add_argument(
         "--budget-usd",
@@ -149,7 +162,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="a progress bar on stderr (default: only when stderr is a terminal)",
     )
     run.add_argument("-v", "--verbose", action="store_true")
+    report = commands.add_parser(
+        "report",
+        help="summarize an output file, finished or not, without Ray: counts, tokens, cost, latency, errors",
+        epilog=REPORT_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    report.add_argument("output", type=Path, help="a rayfan output JSONL, read only (a torn last line is reported, not repaired)")
+    report.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="FILE.png",
+        help=f"also draw successful responses per minute (by the server's created time) as a PNG; needs {INSTALL_PLOT}",
+    )
+    report.add_argument("--rpm", type=_positive(int), default=None, help="a requests-per-minute limit to draw on the --plot chart")
     return parser
+
+
+def _installed_version() -> str:
+    try:
+        return importlib.metadata.version("rayfan")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed: no package metadata; pip install -e .)"
 
 
 def _endpoint_flags(args: argparse.Namespace) -> EndpointFlags:
@@ -185,6 +220,10 @@ def _endpoint(args: argparse.Namespace, resolved: EndpointSettings | None) -> It
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "report":
+        if args.rpm is not None and args.plot is None:
+            parser.error("report --rpm is drawn on the chart: use it with --plot FILE.png")
+        return run_report(args.output, plot=args.plot, rpm=args.rpm)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not args.input.is_file():
         parser.error(f"input file {args.input} does not exist")

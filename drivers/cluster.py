@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from typing import Any
 
 import ray
 from ray.actor import ActorHandle
-from ray.exceptions import RayActorError
+from ray._private.utils import read_ray_address
+from ray.exceptions import AuthenticationError, RayActorError
 
 from actors.accounting.pricing import PriceTable
 from actors.adapter.actor import MAX_CONCURRENCY, OpenAIAdapter
@@ -22,19 +24,49 @@ from drivers.fanout import get_each
 
 log = logging.getLogger(__name__)
 
+RUNNING_PROBE_S = 0.5
+"""How long a Ray recorded as running on this machine gets to accept a connection."""
 ADAPTER_RESTARTS = 3
 """Ray restarts a dead adapter (same arguments, any node) this many times; its lost work is
 sent again by the dispatcher, never retried by Ray (``max_task_retries=0``), so it is counted."""
 
 
 def connect(address: str | None) -> None:
-    """Join the cluster at ``address`` (or ``RAY_ADDRESS``, as ``ray job submit`` sets it), else
-    start a Ray of our own: never one merely found running on this machine, whose nodes
-    someone else may stop. A no-op when already connected."""
+    """Join the cluster at ``address``; without one, ``RAY_ADDRESS`` (as ``ray job submit``
+    sets it), else a Ray already running on this machine (``ray start --head`` once, and
+    each run starts in seconds), else a new local one for this run. A no-op when already
+    connected."""
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS") or "local"
-    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, include_dashboard=False)
+    address = address or os.environ.get("RAY_ADDRESS") or _running_here()
+    try:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, include_dashboard=False)
+    except AuthenticationError as error:
+        raise ConfigError(
+            f"the Ray cluster at {address or 'RAY_ADDRESS'} requires its token: set RAY_AUTH_MODE=token and"
+            " RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) as on the cluster (`ray get-auth-token` there prints it)"
+        ) from error
+    except ConnectionError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(
+            f"could not join the Ray cluster at {address or 'RAY_ADDRESS'}: {first_line} (check the address; a cluster"
+            " with token authentication also needs RAY_AUTH_MODE=token and RAY_AUTH_TOKEN here)"
+        ) from error
+
+
+def _running_here() -> str:
+    """The address of the Ray that ``ray start`` left running on this machine, if it still
+    answers; else "local", a new Ray for this run. Ray itself would try the address that
+    ``ray start`` recorded even after that cluster died, and hang for minutes."""
+    recorded = read_ray_address()
+    host, _, port = recorded.rpartition(":")
+    if not host or not port.isdigit():
+        return "local"
+    try:
+        with socket.create_connection((host, int(port)), timeout=RUNNING_PROBE_S):
+            return recorded
+    except OSError:
+        return "local"
 
 
 def start_adapters(

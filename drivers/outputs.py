@@ -29,6 +29,8 @@ SCOPE_STOPPED_CODES = frozenset({"insufficient_quota", "key_rejected", "endpoint
 that cannot be reached (its certificate is not trusted, its host does not exist). Nothing
 of that was billed, so a re-run (with credit, a good key, the right CA) sends them again."""
 NOT_RUN_CODES = frozenset({BUDGET_EXHAUSTED, UNPRICED}) | SCOPE_STOPPED_CODES
+NOT_RUN_STATUS = "NOT_RUN"
+"""The ``status`` of a record for a request deliberately not sent."""
 """Records of requests never sent: a later run sends them again, like records never written."""
 DUPLICATE = "duplicate_custom_id"
 
@@ -73,7 +75,7 @@ def load_resume_state(path: Path, *, retry_failed: bool) -> ResumeState:
                 state.torn = True  # a kill mid-write; only the last line can lack its newline
                 break
             complete_bytes += len(raw)
-            record = _parse_record(raw)
+            record = parse_record(raw)
             if record is None or _should_redo(record, retry_failed):
                 state.redone += 1
             else:
@@ -87,11 +89,11 @@ def load_resume_state(path: Path, *, retry_failed: bool) -> ResumeState:
 
 
 def _keeps(raw: bytes, retry_failed: bool) -> bool:
-    record = _parse_record(raw)
+    record = parse_record(raw)
     return record is not None and not _should_redo(record, retry_failed)
 
 
-def _parse_record(raw: bytes) -> dict[str, Any] | None:
+def parse_record(raw: bytes) -> dict[str, Any] | None:
     if not raw.endswith(b"\n"):
         return None  # torn by a kill mid-write
     try:
@@ -193,7 +195,7 @@ def problem_record(problem: InputProblem) -> dict[str, Any]:
 
 
 def not_run_record(request: InputRequest, code: str, message: str) -> dict[str, Any]:
-    extra = {"line": request.line, "status": "NOT_RUN"}
+    extra = {"line": request.line, "status": NOT_RUN_STATUS}
     return _record(request.custom_id, None, {"code": code, "message": message}, extra)
 
 

@@ -42,7 +42,7 @@ def _bump(counts: dict[str, int], key: str) -> None:
     counts[key] = counts.get(key, 0) + 1
 
 
-def _breakdown(counts: dict[str, int]) -> str:
+def breakdown(counts: dict[str, int]) -> str:
     return ", ".join(f"{code}: {n}" for code, n in sorted(counts.items()))
 
 
@@ -122,7 +122,7 @@ class RunSummary(BaseModel):
         ]
         for label, counts in (("failed", self.failed), ("invalid", self.invalid), ("not run", self.not_run)):
             if counts:
-                lines.append(f"  {label}: {_breakdown(counts)}")
+                lines.append(f"  {label}: {breakdown(counts)}")
         if self.already_failed:
             lines.append(f"  {self.already_failed} failed records from earlier runs kept: --retry-failed sends them again")
         lines.append(f"tokens: {self.prompt_tokens} in, {self.completion_tokens} out; {self.retries} retries")

@@ -7,6 +7,7 @@ from typing import Any, Protocol
 
 import ray
 from ray.actor import ActorHandle
+from ray.util.client.common import ClientActorHandle
 from ray.exceptions import RayActorError
 
 from actors.errors import RayfanError
@@ -30,7 +31,7 @@ class CoordinatorLink(Protocol):
 class RayLink:
     """The coordinator actor behind a handle; a dead or restarting actor is ``CoordinatorUnreachable``."""
 
-    def __init__(self, handle: ActorHandle[Any]) -> None:
+    def __init__(self, handle: ActorHandle[Any] | ClientActorHandle) -> None:
         self._handle = handle
 
     async def lease(self, request: LeaseRequest) -> Lease:

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray.actor import ActorHandle
+from ray.util.client.common import ClientActorHandle
 
 from actors.ratelimit.coordinated import CoordinatedLimiter
 from actors.ratelimit.limiter import Limiter, LocalLimiter
@@ -36,14 +37,14 @@ class LocalLimitSpec(BaseModel):
         return LocalLimiter(self.limits)
 
 
-
-
 class CoordinatedLimitSpec(BaseModel):
     """Share the scope's limits through its coordinator (see ``actors.ratelimit.coordinator.coordinator_for``)."""
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
-    coordinator: ActorHandle[Any]
+    coordinator: ActorHandle[Any] | ClientActorHandle
+    """The scope's coordinator; a driver joined with ``ray://`` holds a Ray Client handle,
+    which becomes a plain actor handle on the cluster."""
     adapters: int = Field(ge=1)
     """Adapters in the scope, for the fallback share while the coordinator is away."""
     limits: Limits = Field(default_factory=Limits)
