@@ -2,11 +2,11 @@
 
     python bench/faults.py [--requests N] [--latency S] [--adapters K] [--max-in-flight W]
                            [--scenarios baseline,adapter_kill,...] [--timeout S] [--keep DIR]
-                           [--ray-default-health-checks] [--json-rows FILE]
+                           [--health-checks fast|default|P,T,N] [--json-rows FILE]
 
 Starts a two-node ``ray.cluster_utils.Cluster`` on this machine (head num_cpus=1, one worker
-node num_cpus=1, no dashboard; the head's GCS with ``FAST_NODE_FAILURE`` health checks unless
-``--ray-default-health-checks``), the fake endpoint in a subprocess of its own (this script's
+node num_cpus=1, no dashboard; the head's GCS with ``FAST_NODE_FAILURE`` node health checks
+unless ``--health-checks`` says otherwise), the fake endpoint in a subprocess of its own (this script's
 ``_server`` mode: a ``MockServer`` whose request log the script can read) with ``--latency``
 seconds per request, and runs each scenario as ``python -m drivers.cli run ... --address
 <cluster> --adapters K --max-in-flight W`` subprocesses into a fresh output file:
@@ -22,9 +22,9 @@ seconds per request, and runs each scenario as ``python -m drivers.cli run ... -
 * ``node_frozen``: the same node loss without closing anything: SIGSTOP of the worker node's
   raylet and every process under it (a hung machine or a network partition), so only the
   GCS's health checks can tell; the node is removed after the run.
-* ``coordinator_kill``: with ``--rpm`` given and the fake endpoint enforcing that limit, at
-  ~50% of the output kill -9 the scope's rate-limit coordinator; Ray restarts it (empty).
-  The row counts the endpoint's 429s.
+* ``coordinator_kill``: ``--rpm`` given (3 x N per minute) and the fake endpoint enforcing the
+  same limit per second, so it binds all along; at ~50% of the output kill -9 the scope's
+  rate-limit coordinator; Ray restarts it (empty). The row counts the endpoint's 429s.
 * ``driver_kill``: kill -9 the rayfan process at ~20/40/60% of the output, re-running the
   same command after each kill, then let it finish.
 * ``ctrl_c``: SIGINT at ~50%, then re-run to completion.
@@ -54,11 +54,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
+import queue
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
@@ -66,7 +69,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -76,10 +79,12 @@ ADAPTER_CLASS = "OpenAIAdapter"
 COORDINATOR_PREFIX = "rayfan-limits-"
 FAULTS = ("status=500", "status=503", "drop", "invalid_json")
 SCENARIOS = ("baseline", "adapter_kill", "node_removed", "node_frozen", "coordinator_kill", "driver_kill", "ctrl_c", "endpoint_faults")
-ANSWER = "answer: "
-"""Marks the probe's answers on its stdout."""
+ANSWER_TIMEOUT_S = 60.0
+"""How long a helper (the fake endpoint, the probe) may take to answer one command."""
 POLL_S = 0.02
-"""How often a wait re-checks its condition (the output's line count, a process, the probe)."""
+"""How often a wait re-checks its condition (the output's line count, a process)."""
+PROBE_S = 0.1
+"""How often the probe (a GCS query) is asked, while waiting for a victim or following a node loss."""
 
 FAST_NODE_FAILURE: dict[str, int] = {
     "health_check_period_ms": 500,
@@ -97,15 +102,24 @@ only (the GCS does the checking): ``_system_config`` here, ``RAY_health_check_*`
 # --- the fake endpoint and the actor probe, each in a subprocess of its own -----------------
 
 
+def _answer_channel() -> TextIO:
+    """The helper's answers go to the stdout it was given; anything else written there (Ray's
+    own messages to a driver, from other threads) goes to stderr, so no answer line is torn."""
+    answers = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    return answers
+
+
 def _server_main(latency: float) -> None:
-    """A MockServer driven over stdin/stdout: ``reset``, ``dump PATH``, ``latency S``, ``rpm N``
-    (0: no limit); EOF stops it."""
+    """A MockServer driven over stdin/stdout: ``reset``, ``dump PATH``, ``latency S``, ``rpm N
+    [WINDOW_S]`` (0: no limit; the window it is enforced over, default a minute); EOF stops it."""
     from actors.adapter.process_gc import tune_for_many_open_requests
     from drivers.mock import MockConfig, MockServer
 
+    answers = _answer_channel()
     tune_for_many_open_requests()
     with MockServer(MockConfig(latency_s=latency)) as server:
-        print(server.base_url, flush=True)
+        print(server.base_url, file=answers)
         for line in sys.stdin:
             command, _, argument = line.strip().partition(" ")
             if command == "reset":
@@ -117,9 +131,10 @@ def _server_main(latency: float) -> None:
                         out.write(json.dumps({"prompt": messages[-1].get("content"), "outcome": entry.outcome, "at": entry.received_at}) + "\n")
             elif command == "latency":
                 server.configure(latency_s=float(argument))
-            elif command == "rpm":
-                server.configure(rpm_limit=int(argument) or None)
-            print("done", flush=True)
+            elif command == "rpm":  # RPM [WINDOW_S]: the limit (0: none), enforced over that window
+                rpm, _, window = argument.partition(" ")
+                server.configure(rpm_limit=int(rpm) or None, rate_window_s=float(window or 60))
+            print("done", file=answers)
 
 
 def _probe_main(address: str) -> None:
@@ -130,6 +145,7 @@ def _probe_main(address: str) -> None:
     import ray
     from ray._private import state
 
+    answers = _answer_channel()
     ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
     for line in sys.stdin:
         command = line.strip()
@@ -151,34 +167,47 @@ def _probe_main(address: str) -> None:
             found = {node["NodeID"]: node["Alive"] for node in ray.nodes()}
         else:
             found = None
-        print(ANSWER + json.dumps(found), flush=True)
+        print(json.dumps(found), file=answers)
 
 
 class _Pipe:
-    """A helper subprocess driven line by line over stdin/stdout."""
+    """A helper subprocess driven line by line over stdin/stdout; its stderr goes to ``log``.
 
-    def __init__(self, *args: str, marked: bool = False) -> None:
-        self.marked = marked
+    A thread reads its answers, so a helper that stops answering is a TimeoutError, not a hang."""
+
+    def __init__(self, *args: str, log: Path) -> None:
         self.name = " ".join(args)
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-        self.process = subprocess.Popen(
-            [sys.executable, __file__, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env
-        )
+        with open(log, "a") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, __file__, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=ROOT, env=env
+            )
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, name=f"read {self.name}", daemon=True)
+        self._reader.start()
 
-    def ask(self, line: str) -> str:
-        """Sends one command; returns the answer line (after ``ANSWER`` when the helper marks its
-        answers, since Ray may print its own lines to a driver's stdout)."""
-        assert self.process.stdin is not None and self.process.stdout is not None
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._lines.put(line)
+        self._lines.put("")  # EOF
+
+    def line(self, timeout: float = ANSWER_TIMEOUT_S) -> str:
+        """The helper's next line (an answer, or the server's URL at start)."""
+        try:
+            answer = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"helper {self.name!r} gave no answer within {timeout} s") from None
+        if not answer:
+            self._lines.put("")
+            raise RuntimeError(f"helper {self.name!r} exited ({self.process.poll()})")
+        return answer.strip()
+
+    def ask(self, line: str, timeout: float = ANSWER_TIMEOUT_S) -> str:
+        assert self.process.stdin is not None
         self.process.stdin.write(line + "\n")
         self.process.stdin.flush()
-        while True:
-            answer = self.process.stdout.readline()
-            if not answer:
-                raise RuntimeError(f"helper {self.name!r} exited ({self.process.poll()})")
-            if not self.marked:
-                return answer.strip()
-            if answer.startswith(ANSWER):
-                return answer[len(ANSWER) :].strip()
+        return self.line(timeout)
 
     def close(self) -> None:
         try:
@@ -188,6 +217,7 @@ class _Pipe:
         except (subprocess.TimeoutExpired, OSError):
             self.process.kill()
             self.process.wait()
+        self._reader.join(timeout=10)
         if self.process.stdout is not None:
             self.process.stdout.close()
 
@@ -264,22 +294,22 @@ def bench(
     head_args: dict[str, Any] = {"num_cpus": 1, "include_dashboard": False}
     if config:
         head_args["_system_config"] = dict(config)
-    cluster = Cluster(initialize_head=True, head_node_args=head_args)
-    server = probe = None
+    server = _Pipe("_server", "--latency", str(latency), log=workdir / "server.log")  # starts while the cluster does
+    probe = cluster = None
     try:
+        cluster = Cluster(initialize_head=True, head_node_args=head_args)
+        probe = _Pipe("_probe", cluster.address, log=workdir / "probe.log")  # joins the head while the worker node starts
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
-        server = _Pipe("_server", "--latency", str(latency))
-        assert server.process.stdout is not None
-        base_url = server.process.stdout.readline().strip()
+        base_url = server.line()
         assert base_url.startswith("http"), f"the fake server did not start: {base_url!r}"
-        probe = _Pipe("_probe", cluster.address, marked=True)
         yield Bench(cluster, base_url, server, probe, workdir, adapters, max_in_flight, timeout, latency)
     finally:
         for helper in (probe, server):
             if helper is not None:
                 helper.close()
-        cluster.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
         if scratch is not None:
             scratch.cleanup()
 
@@ -352,7 +382,7 @@ class Run:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def wait_until(self, condition: Callable[[], bool], what: str) -> bool:
+    def wait_until(self, condition: Callable[[], bool], what: str, every: float = POLL_S) -> bool:
         """Polls ``condition`` while rayfan runs; False (and a note) if the process ended first."""
         deadline = time.monotonic() + self.bench.timeout
         while not condition():
@@ -363,12 +393,30 @@ class Run:
             if time.monotonic() > deadline:
                 self.stop()
                 raise TimeoutError(f"{self.name}: no {what} after {self.bench.timeout} s")
-            time.sleep(POLL_S)
+            time.sleep(every)
         return True
 
     def wait_for_lines(self, count: int) -> bool:
         """Polls the output until it has ``count`` lines; False if the process ended first."""
         return self.wait_until(lambda: lines_in(self.out) >= count, f"{count} lines")
+
+    def wait_for_victims(self, pick: Callable[[list[dict]], list[dict]], lines: int, what: str = "a victim") -> list[dict] | None:
+        """Waits until the output has ``lines`` lines and ``pick`` finds victims among this run's
+        live actors (asking the probe at most every ``PROBE_S``); returns the latest pick, or
+        None (and a note) if rayfan ended first."""
+        victims: list[dict] = []
+        asked = -math.inf
+
+        def ready() -> bool:
+            nonlocal asked
+            if not victims and time.monotonic() - asked >= PROBE_S:
+                asked = time.monotonic()
+                victims.extend(pick(self.own_actors()))
+            return bool(victims) and lines_in(self.out) >= lines
+
+        if not self.wait_until(ready, f"{lines} lines and {what}"):
+            return None
+        return pick(self.own_actors()) or victims
 
     def own_actors(self, *, state: str | None = "ALIVE") -> list[dict]:
         """This run's actors (new since it started, in ``state``; None: any state)."""
@@ -482,14 +530,8 @@ def scenario_baseline(b: Bench, requests: int) -> dict:
 def scenario_adapter_kill(b: Bench, requests: int, at: float = 0.3) -> dict:
     run, prompts = _new_run(b, "adapter_kill", requests)
     run.start()
-    victims: list[dict] = []
-
-    def ready() -> bool:
-        if not victims:
-            victims.extend(a for a in run.own_actors() if a["class"] == ADAPTER_CLASS and a["pid"])
-        return bool(victims) and lines_in(run.out) >= max(1, int(at * requests))
-
-    if run.wait_until(ready, f"{int(at * requests)} lines and a live adapter"):
+    victims = run.wait_for_victims(lambda actors: [a for a in actors if a["class"] == ADAPTER_CLASS], max(1, int(at * requests)), "an adapter")
+    if victims:
         victim = victims[0]
         try:
             os.kill(victim["pid"], signal.SIGKILL)
@@ -519,21 +561,23 @@ def _lose_node(b: Bench, name: str, requests: int, at: float, *, freeze: bool) -
     node = next(iter(b.cluster.worker_nodes))
     node_id = str(node.node_id)
     run.start()
-    victims: list[dict] = []
 
-    def ready() -> bool:
-        victims[:] = [a for a in run.own_actors() if a["class"] == ADAPTER_CLASS and a["node"] == node_id]
-        return bool(victims) and lines_in(run.out) >= max(1, int(at * requests))
+    def pick(actors: list[dict]) -> list[dict]:
+        """This run's adapters on the worker node, once another runs elsewhere: with all of them
+        on the lost node the run would rest on Ray's restarts, which fail today (README)."""
+        adapters = [a for a in actors if a["class"] == ADAPTER_CLASS]
+        lost = [a for a in adapters if a["node"] == node_id]
+        return lost if len(lost) < len(adapters) else []
 
-    if not run.wait_until(ready, f"{int(at * requests)} lines and an adapter on the worker node"):
+    victims = run.wait_for_victims(pick, max(1, int(at * requests)), "adapters on both nodes")
+    if not victims:
         run.finish()
         return measure(run, prompts)
     on_node = [a for a in b.actors() if a["state"] == "ALIVE" and a["node"] == node_id and a["name"].startswith(COORDINATOR_PREFIX)]
     lines_then = lines_in(run.out)
-    frozen: list[int] = []
+    frozen = _node_pids(node) if freeze else []
     lost_at = time.monotonic()
     if freeze:
-        frozen = _node_pids(node)
         for pid in frozen:
             _signal_quietly(pid, signal.SIGSTOP)
     else:
@@ -541,7 +585,7 @@ def _lose_node(b: Bench, name: str, requests: int, at: float, *, freeze: bool) -
     run.kills += 1
     what = "froze" if freeze else "removed"
     coordinator = " (and the coordinator)" if on_node else ""
-    run.notes.append(f"{what} the worker node with {len(victims)} of this run's adapters{coordinator} at {lines_then} lines")
+    run.notes.append(f"{what} the worker node with {len(victims)} of the {b.adapters} adapters{coordinator} at {lines_then} lines")
     try:
         _follow_node_loss(run, node_id, {v["id"] for v in victims}, lost_at)
         run.finish()
@@ -596,7 +640,7 @@ def _follow_node_loss(run: Run, node_id: str, victims: set[str], lost_at: float)
                 back[actor["id"]] = (now, actor["node"])
         if now > b.timeout:
             break
-        time.sleep(POLL_S * 5)
+        time.sleep(PROBE_S)
     run.facts["node_dead_s"] = node_dead_s
     run.facts["restarted_s"] = max((t for t, _ in back.values()), default=None)
     run.facts["lost_adapters"] = len(victims)
@@ -616,30 +660,28 @@ def _first_resend(log: list[dict], lost_at: float) -> float | None:
     return None
 
 
-def scenario_coordinator_kill(b: Bench, requests: int, at: float = 0.5, rpm: int | None = None) -> dict:
-    """A run under ``--rpm`` (enforced by the endpoint too) whose coordinator is killed -9."""
-    rpm = rpm or max(60, requests)
+def scenario_coordinator_kill(b: Bench, requests: int, at: float = 0.5, rpm: int | None = None, window_s: float = 1.0) -> dict:
+    """A run under ``--rpm`` whose coordinator is killed -9 halfway. The endpoint enforces the
+    same limit per second (``window_s``), as OpenAI may: the limit binds all along (the run
+    takes ~20 s), so a coordinator or fallback share that let through too much shows as 429s."""
+    rpm = rpm or max(60, 3 * requests)
     key = f"{KEY}-limited-{uuid.uuid4().hex[:8]}"  # a scope (coordinator) of its own, fresh each time
     run, prompts = _new_run(b, "coordinator_kill", requests, key=key, extra_args=["--rpm", str(rpm)])
-    b.server.ask(f"rpm {rpm}")
+    b.server.ask(f"rpm {rpm} {window_s}")
     try:
         run.start()
-        victims: list[dict] = []
-
-        def ready() -> bool:
-            if not victims:
-                victims.extend(a for a in run.own_actors() if a["name"].startswith(COORDINATOR_PREFIX) and a["pid"])
-            return bool(victims) and lines_in(run.out) >= max(1, int(at * requests))
-
-        run.notes.append(f"--rpm {rpm}, the endpoint enforcing {rpm} rpm")
-        if run.wait_until(ready, f"{int(at * requests)} lines and the coordinator"):
+        run.notes.append(f"--rpm {rpm}, the endpoint enforcing {rpm} rpm over {window_s:g} s")
+        victims = run.wait_for_victims(
+            lambda actors: [a for a in actors if a["name"].startswith(COORDINATOR_PREFIX)], max(1, int(at * requests)), "the coordinator"
+        )
+        if victims:
             victim = victims[0]
             try:
                 os.kill(victim["pid"], signal.SIGKILL)
                 killed_at = time.monotonic()
                 run.kills += 1
                 run.notes.append(f"killed coordinator pid {victim['pid']} at {lines_in(run.out)} lines")
-                back = run.wait_until(lambda: _back(b, victim), "the coordinator was back")
+                back = run.wait_until(lambda: _back(b, victim), "the coordinator was back", every=PROBE_S)
                 run.facts["coordinator_back_s"] = time.monotonic() - killed_at if back else None
             except ProcessLookupError:
                 run.notes.append(f"coordinator pid {victim['pid']} already gone")
@@ -751,6 +793,19 @@ def print_table(rows: list[dict]) -> None:
             print(f"  {row['scenario']}: {'; '.join(row['notes'] + extra)}{errors}")
 
 
+def health_checks(spec: str) -> dict[str, int]:
+    """``--health-checks``: "fast" (``FAST_NODE_FAILURE``), "default" (Ray's: {}), or "P,T,N"."""
+    if spec == "fast":
+        return dict(FAST_NODE_FAILURE)
+    if spec == "default":
+        return {}
+    try:
+        period, timeout, threshold = (int(part) for part in spec.split(","))
+    except ValueError:
+        raise ValueError(f"--health-checks: fast, default or PERIOD_MS,TIMEOUT_MS,THRESHOLD, not {spec!r}") from None
+    return {"health_check_period_ms": period, "health_check_timeout_ms": timeout, "health_check_failure_threshold": threshold}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2_000)
@@ -763,26 +818,35 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, default=None, help="keep inputs, outputs and logs in this directory")
     parser.add_argument("--json-rows", type=Path, default=None, help="also write the rows here, one JSON object a line")
     parser.add_argument(
-        "--ray-default-health-checks", action="store_true", help="leave the GCS's node health checks at Ray's defaults (to compare)"
+        "--health-checks",
+        default="fast",
+        metavar="fast|default|PERIOD_MS,TIMEOUT_MS,THRESHOLD",
+        help="the GCS's node health checks: FAST_NODE_FAILURE (default), Ray's defaults, or these values",
     )
     args = parser.parse_args()
     chosen = [name.strip() for name in args.scenarios.split(",") if name.strip()]
     unknown = set(chosen) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenarios {sorted(unknown)}")
-    rows = []
-    config: dict[str, int] | None = {} if args.ray_default_health_checks else None
+    rows: list[dict] = []
+    timed_out: list[str] = []
+    began = time.monotonic()
+    try:
+        config = health_checks(args.health_checks)
+    except ValueError as error:
+        parser.error(str(error))
     with bench(
         args.latency, adapters=args.adapters, max_in_flight=args.max_in_flight, timeout=args.timeout, workdir=args.keep, system_config=config
     ) as b:
-        checks = "Ray's default" if args.ray_default_health_checks else f"fast ({FAST_NODE_FAILURE})"
-        print(f"cluster {b.address} ({checks} node health checks), endpoint {b.base_url} (latency {args.latency} s), "
+        checks = ", ".join(f"{k.removeprefix('health_check_')}={v}" for k, v in config.items()) or "Ray's defaults"
+        print(f"cluster {b.address} up in {time.monotonic() - began:.1f} s (node health checks: {checks}), endpoint {b.base_url} (latency {args.latency} s), "
               f"{args.requests:,} requests, {args.adapters} adapters, {args.max_in_flight} in flight", flush=True)
         for name in chosen:
             try:
                 rows.append(run_scenario(b, name, args.requests, args.retries))
             except TimeoutError as error:
                 print(f"{name}: {error}", flush=True)
+                timed_out.append(name)
                 continue
             print(json.dumps(rows[-1]), flush=True)
             if args.json_rows is not None:
@@ -790,6 +854,9 @@ def main() -> None:
                     out.write(json.dumps(rows[-1]) + "\n")
     print()
     print_table(rows)
+    print(f"bench wall {time.monotonic() - began:.1f} s (cluster start and stop included)")
+    if timed_out:
+        sys.exit(f"timed out: {', '.join(timed_out)}")
 
 
 if __name__ == "__main__":
