@@ -490,6 +490,7 @@ def measure(run: Run, prompts: dict[str, str]) -> dict:
     attempts: list[int] = [a for record in records if isinstance(a := (record.get("rayfan") or {}).get("attempts"), int)]
     stdout = run.out.with_suffix(".stdout").read_text()
     resent = sum(int(line.split()[1]) for line in stdout.splitlines() if line.startswith("resent:"))
+    rates = [line.removeprefix("rate: ") for line in stdout.splitlines() if line.startswith("rate: ")]
     return {
         "scenario": run.name,
         "requests": len(prompts),
@@ -506,6 +507,7 @@ def measure(run: Run, prompts: dict[str, str]) -> dict:
         "resent": resent,
         "sent_after_driver_kill": after_kill,
         "rate_limited": sum(entry["outcome"] == "error:429" for entry in log),
+        "rate": rates[-1] if rates else None,  # the last run's summary line: its rate against the limits
         "kills": run.kills,
         "starts": run.starts,
         "exits": run.exits,
@@ -786,6 +788,8 @@ def print_table(rows: list[dict]) -> None:
     for row in rows:
         facts = {k: row[k] for k in ("node_dead_s", "first_resend_s", "restarted_s", "restarted", "restarted_on_head", "coordinator_back_s") if k in row}
         extra = [f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in facts.items()]
+        if row["scenario"] == "coordinator_kill" and row.get("rate"):
+            extra.append(f"rayfan: {row['rate']}")
         if row.get("attempt", 1) > 1:
             extra.append(f"attempt {row['attempt']} at {row['latency_s']:g} s latency")
         if row["notes"] or row["errors"] or extra:
