@@ -205,7 +205,8 @@ def _endpoint_flags(args: argparse.Namespace) -> EndpointFlags:
 @contextlib.contextmanager
 def _endpoint(args: argparse.Namespace, resolved: EndpointSettings | None) -> Iterator[EndpointSettings]:
     """The endpoint to use: what the flags and the environment said, or for ``--mock`` a
-    fake server on this machine (no proxy, no key needed)."""
+    fake server on this machine over plain HTTP (no proxy, no key, no CA store: one read
+    from SSL_CERT_FILE is a few hundred KB that every adapter would carry for nothing)."""
     if resolved is not None:
         yield resolved
         return
@@ -214,7 +215,7 @@ def _endpoint(args: argparse.Namespace, resolved: EndpointSettings | None) -> It
     flags = _endpoint_flags(args)
     with MockServer() as server:
         mock_flags = flags.model_copy(update={"base_url": server.base_url, "api_key": SecretStr(MOCK_API_KEY), "azure_endpoint": None})
-        yield resolve_endpoint(mock_flags).model_copy(update={"proxy_url": None})
+        yield resolve_endpoint(mock_flags).model_copy(update={"proxy_url": None, "ca_pem": None})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

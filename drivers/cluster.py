@@ -58,7 +58,9 @@ def _running_here() -> str:
     """The address of the Ray that ``ray start`` left running on this machine, if it still
     answers; else "local", a new Ray for this run. Ray itself would try the address that
     ``ray start`` recorded even after that cluster died, and hang for minutes."""
-    recorded = read_ray_address()
+    recorded: str | None = read_ray_address()  # None without a record, whatever its annotation says
+    if not recorded:
+        return "local"
     host, _, port = recorded.rpartition(":")
     if not host or not port.isdigit():
         return "local"

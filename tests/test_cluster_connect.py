@@ -25,8 +25,8 @@ def test_a_ray_recorded_as_running_that_answers_is_joined(monkeypatch: pytest.Mo
         assert cluster._running_here() == address
 
 
-@pytest.mark.parametrize("recorded", ["", "not-an-address", "127.0.0.1:notaport", "closed"])
-def test_a_dead_or_missing_record_starts_a_local_ray(monkeypatch: pytest.MonkeyPatch, recorded: str) -> None:
+@pytest.mark.parametrize("recorded", [None, "", "not-an-address", "127.0.0.1:notaport", "closed"])
+def test_a_dead_or_missing_record_starts_a_local_ray(monkeypatch: pytest.MonkeyPatch, recorded: str | None) -> None:
     address = f"127.0.0.1:{_free_port()}" if recorded == "closed" else recorded
     monkeypatch.setattr(cluster, "read_ray_address", lambda: address)
     assert cluster._running_here() == "local"
