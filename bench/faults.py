@@ -5,9 +5,9 @@
                            [--health-checks fast|default|P,T,N] [--json-rows FILE]
 
 Starts a two-node ``ray.cluster_utils.Cluster`` on this machine (head num_cpus=1, one worker
-node num_cpus=1, no dashboard; the head's GCS with ``FAST_NODE_FAILURE`` node health checks
-unless ``--health-checks`` says otherwise), the fake endpoint in a subprocess of its own (this script's
-``_server`` mode: a ``MockServer`` whose request log the script can read) with ``--latency``
+node num_cpus=1, no dashboard; the head's GCS with ``FAST_NODE_FAILURE`` node health
+checks unless ``--health-checks`` says otherwise), the fake endpoint in a subprocess of its
+own (this script's ``_server`` mode: a ``MockServer`` whose request log the script can read) with ``--latency``
 seconds per request, and runs each scenario as ``python -m drivers.cli run ... --address
 <cluster> --adapters K --max-in-flight W`` subprocesses into a fresh output file:
 
@@ -15,10 +15,12 @@ seconds per request, and runs each scenario as ``python -m drivers.cli run ... -
 * ``adapter_kill``: at ~30% of the output, kill -9 one adapter actor's worker process.
 * ``node_removed``: at ~30% of the output, remove the worker node holding adapters
   (``Cluster.remove_node(node, allow_graceful=False)``: raylet and its processes SIGKILLed, as
-  a crashed machine); Ray restarts its adapters on the head. The row says when the GCS marked
-  the node dead, when the first lost request reached the endpoint again (sent by the driver
-  after its ``RayActorError``) and where the adapters came back. The next scenario gets a new
-  worker node.
+  a crashed machine; a graceful removal would tell the GCS itself), once the head holds an
+  adapter of the run too: Ray's restart of a lost adapter may fail (bench/README.md,
+  "Restarts"), and with every adapter lost the run would end in ``adapter_died`` records.
+  The row says when the GCS marked the node dead, when the first lost request reached the
+  endpoint again (sent by the driver after its ``RayActorError``) and whether and where the
+  adapters came back. The next scenario gets a new worker node.
 * ``node_frozen``: the same node loss without closing anything: SIGSTOP of the worker node's
   raylet and every process under it (a hung machine or a network partition), so only the
   GCS's health checks can tell; the node is removed after the run.
@@ -39,7 +41,8 @@ doubled (``--retries``, default 2), so every row reports its fault.
 Actors are found through a probe subprocess (this script's ``_probe`` mode) that joins the
 cluster as a Ray driver and reads the GCS's own actor and node tables
 (``ray._private.state``), since the cluster has no dashboard (the state API would wait for
-one to time out).
+one to time out). Helpers answer on a channel of their own (Ray prints to a driver's
+stdout from other threads), and one that stops answering is a TimeoutError, not a hang.
 
 Per scenario one row: requests, records, records per input (inputs with exactly one record
 / N; duplicates and missing are counted), failed records, prompts answered "ok" more than
