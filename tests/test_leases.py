@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+import pydantic
 import pytest
 
 import tests.vtime
@@ -22,6 +23,7 @@ from actors.ratelimit.limiter import Permit
 from actors.ratelimit.limits import Limits
 from actors.ratelimit.link import CoordinatorUnreachable
 from actors.ratelimit.protocol import Lease, LeasePolicy, LeaseRequest, Notice, RateLimited, Report
+from actors.ratelimit.specs import CoordinatedLimitSpec
 from tests.vtime import START, VirtualClock, VirtualTimeLoop, at, clock, loop, run  # noqa: F401  (fixtures)
 
 T = TypeVar("T")
@@ -408,3 +410,9 @@ def test_settling_after_the_pool_expired_still_reaches_the_scope(loop: VirtualTi
     snap = run(loop, scope.snapshot)
     assert snap.tokens_available == at((clock() - START) * 100 - 1000 + 700)
     assert (snap.reserved_tokens, snap.used_tokens) == (1000, 300)
+
+
+def test_a_coordinated_spec_wants_an_actor_handle() -> None:
+    """Ray's own handle or the Ray Client's (recognised by name: its module needs grpc)."""
+    with pytest.raises(pydantic.ValidationError, match="not a Ray actor handle"):
+        CoordinatedLimitSpec(coordinator=object(), adapters=1)

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import ray
 from ray.actor import ActorHandle
-from ray.util.client.common import ClientActorHandle
 from ray.exceptions import RayActorError
 
 from actors.errors import RayfanError
 from actors.ratelimit.protocol import Lease, LeaseRequest, Notice, Report
 
+
+if TYPE_CHECKING:  # the Ray Client needs grpc, which plain ray does not install
+    from ray.util.client.common import ClientActorHandle
 
 class CoordinatorUnreachable(RayfanError):
     """Raised by a link when the coordinator cannot answer; the client falls back, never the caller."""

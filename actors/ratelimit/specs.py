@@ -9,9 +9,8 @@ from __future__ import annotations
 import uuid
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray.actor import ActorHandle
-from ray.util.client.common import ClientActorHandle
 
 from actors.ratelimit.coordinated import CoordinatedLimiter
 from actors.ratelimit.limiter import Limiter, LocalLimiter
@@ -42,14 +41,22 @@ class CoordinatedLimitSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
-    coordinator: ActorHandle[Any] | ClientActorHandle
-    """The scope's coordinator; a driver joined with ``ray://`` holds a Ray Client handle,
-    which becomes a plain actor handle on the cluster."""
+    coordinator: Any
+    """The scope's coordinator: an ``ActorHandle``, or for a driver joined with ``ray://`` a
+    Ray Client handle, which becomes a plain actor handle on the cluster (its class needs
+    grpc, which plain ``ray`` does not install, so it is recognised by name)."""
     adapters: int = Field(ge=1)
     """Adapters in the scope, for the fallback share while the coordinator is away."""
     limits: Limits = Field(default_factory=Limits)
     """Limits known before the first lease (the fallback share's base until a lease says more)."""
     policy: LeasePolicy = Field(default_factory=LeasePolicy)
+
+    @field_validator("coordinator")
+    @classmethod
+    def _an_actor_handle(cls, value: Any) -> Any:
+        if isinstance(value, ActorHandle) or type(value).__name__ == "ClientActorHandle":
+            return value
+        raise ValueError(f"not a Ray actor handle: {type(value).__name__}")
 
     def build(self, client: str) -> Limiter:
         return CoordinatedLimiter(
