@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field, ValidationError
 from actors.errors import TaskError
 from actors.models import TaskResult, TaskStatus
 from drivers.outputs import NOT_RUN_STATUS, parse_record
-from drivers.summary import ExitCode, RunSummary, breakdown
+from drivers.summary import ExitCode, RunSummary
 
 SAMPLE_SIZE = 100_000
 """Latencies kept for the percentiles: up to this many they are exact; beyond, a uniform
@@ -61,19 +61,8 @@ class Report(BaseModel):
 
     path: Path
     records: int = 0
-    succeeded: int = 0
-    failed: dict[str, int] = Field(default_factory=dict)
-    """Sent and failed, by error code."""
-    invalid: dict[str, int] = Field(default_factory=dict)
-    """Input lines that could not be sent, by problem code."""
-    not_run: dict[str, int] = Field(default_factory=dict)
-    """Deliberately not sent (budget, no credit, a rejected key), by code; a re-run sends them."""
-    retries: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_by_model: dict[str, float] = Field(default_factory=dict)
-    unpriced: int = 0
-    """Results whose model has no known price: their cost is unknown, not 0."""
+    counts: RunSummary = Field(default_factory=RunSummary)
+    """The records counted as ``rayfan run`` counts its results (outcomes by code, tokens, cost)."""
     latency: LatencyStats = Field(default_factory=LatencyStats)
     per_minute: dict[int, int] = Field(default_factory=dict)
     """Successful responses by the minute (Unix time // 60) the server created them."""
@@ -89,23 +78,44 @@ class Report(BaseModel):
     """Length of a last line with no newline (a kill mid-write), 0 if the file ends cleanly."""
 
     @property
-    def cost_usd(self) -> float:
-        return sum(self.cost_by_model.values())
+    def succeeded(self) -> int:
+        return self.counts.succeeded
+
+    @property
+    def failed(self) -> dict[str, int]:
+        return self.counts.failed
+
+    @property
+    def invalid(self) -> dict[str, int]:
+        return self.counts.invalid
+
+    @property
+    def not_run(self) -> dict[str, int]:
+        return self.counts.not_run
+
+    @property
+    def retries(self) -> int:
+        return self.counts.retries
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.counts.prompt_tokens
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.counts.completion_tokens
+
+    @property
+    def cost_by_model(self) -> dict[str, float]:
+        return self.counts.cost_by_model
+
+    @property
+    def unpriced(self) -> int:
+        return self.counts.unpriced
 
     def render(self) -> str:
         """The same lines, in the same words, as the end of ``rayfan run``, plus what only a file tells."""
-        lines = [
-            f"{self.path}: {self.records} records",
-            f"requests: {self.succeeded} succeeded, {sum(self.failed.values())} failed,"
-            f" {sum(self.invalid.values())} invalid lines, {sum(self.not_run.values())} not run",
-        ]
-        for label, counts in (("failed", self.failed), ("invalid", self.invalid), ("not run", self.not_run)):
-            if counts:
-                lines.append(f"  {label}: {breakdown(counts)}")
-        lines.append(f"tokens: {self.prompt_tokens} in, {self.completion_tokens} out; {self.retries} retries")
-        unpriced = f" ({self.unpriced} results with no known price)" if self.unpriced else ""
-        lines.append(f"cost: ${self.cost_usd:.6f}{unpriced}")
-        lines += [f"  {model}: ${cost:.6f}" for model, cost in sorted(self.cost_by_model.items())]
+        lines = [f"{self.path}: {self.records} records", *self.counts.outcome_lines(), *self.counts.usage_lines()]
         lines.append(self._render_latency())
         if self.per_minute:
             lines.append(self._render_rate())
@@ -215,11 +225,8 @@ class _Tally:
             self.report.last_created = created if last is None else max(last, created)
 
     def finish(self, torn_bytes: int) -> Report:
-        counted = self.summary.model_dump(
-            include={"succeeded", "failed", "invalid", "not_run", "retries", "prompt_tokens", "completion_tokens", "cost_by_model", "unpriced"}
-        )
         return self.report.model_copy(
-            update={**counted, "latency": self.latencies.stats(), "per_minute": dict(self.per_minute), "torn_bytes": torn_bytes}
+            update={"counts": self.summary, "latency": self.latencies.stats(), "per_minute": dict(self.per_minute), "torn_bytes": torn_bytes}
         )
 
 

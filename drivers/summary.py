@@ -42,7 +42,7 @@ def _bump(counts: dict[str, int], key: str) -> None:
     counts[key] = counts.get(key, 0) + 1
 
 
-def breakdown(counts: dict[str, int]) -> str:
+def _breakdown(counts: dict[str, int]) -> str:
     return ", ".join(f"{code}: {n}" for code, n in sorted(counts.items()))
 
 
@@ -114,21 +114,32 @@ class RunSummary(BaseModel):
         all_ok = self.written == self.succeeded and self.already_failed == 0
         return ExitCode.OK if all_ok else ExitCode.SOME_FAILED
 
-    def render(self) -> str:
+    def outcome_lines(self) -> list[str]:
+        """Records by outcome, and by code where some did not succeed (``rayfan report`` too)."""
         lines = [
             f"requests: {self.succeeded} succeeded, {sum(self.failed.values())} failed,"
             f" {sum(self.invalid.values())} invalid lines, {sum(self.not_run.values())} not run"
-            f" ({self.already_done} already done before this run)"
         ]
         for label, counts in (("failed", self.failed), ("invalid", self.invalid), ("not run", self.not_run)):
             if counts:
-                lines.append(f"  {label}: {breakdown(counts)}")
+                lines.append(f"  {label}: {_breakdown(counts)}")
+        return lines
+
+    def usage_lines(self) -> list[str]:
+        """Tokens, retries and cost by model (``rayfan report`` too)."""
+        unpriced = f" ({self.unpriced} results with no known price)" if self.unpriced else ""
+        return [
+            f"tokens: {self.prompt_tokens} in, {self.completion_tokens} out; {self.retries} retries",
+            f"cost: ${self.cost_usd:.6f}{unpriced}",
+            *(f"  {model}: ${cost:.6f}" for model, cost in sorted(self.cost_by_model.items())),
+        ]
+
+    def render(self) -> str:
+        lines = self.outcome_lines()
+        lines[0] += f" ({self.already_done} already done before this run)"
         if self.already_failed:
             lines.append(f"  {self.already_failed} failed records from earlier runs kept: --retry-failed sends them again")
-        lines.append(f"tokens: {self.prompt_tokens} in, {self.completion_tokens} out; {self.retries} retries")
-        unpriced = f" ({self.unpriced} results with no known price)" if self.unpriced else ""
-        lines.append(f"cost: ${self.cost_usd:.6f}{unpriced}")
-        lines += [f"  {model}: ${cost:.6f}" for model, cost in sorted(self.cost_by_model.items())]
+        lines += self.usage_lines()
         if self.budget_usd is not None:
             lines.append(self._render_budget(self.budget_usd))
         lines.append(f"wall time: {self.wall_s:.2f}s")
