@@ -150,6 +150,7 @@ class _Run:
     def send_all(self, items: Iterable[InputRequest | InputProblem], resume: ResumeState) -> None:
         self._show()
         for item in items:
+            self._ctrl_c.raise_if_pressed()  # a resumed run may skip a million done lines without collecting
             if resume.is_done(item):
                 self._summary.already_done += 1
                 self._show()
@@ -211,9 +212,9 @@ class _Run:
         Ctrl-C is noticed even if Ray swallowed its KeyboardInterrupt."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            self._ctrl_c.raise_if_pressed()  # before taking results, never between taking and writing them
             wait_s = WAIT_SLICE_S if deadline is None else max(min(WAIT_SLICE_S, deadline - time.monotonic()), 0.0)
             finished = self._dispatcher.collect(timeout=wait_s)
-            self._ctrl_c.raise_if_pressed()
             if not finished:
                 self._check_deadline()
             if finished or (deadline is not None and time.monotonic() >= deadline):

@@ -11,6 +11,7 @@ import ray
 from ray.actor import ActorHandle
 from ray._private.utils import read_ray_address
 from ray.exceptions import AuthenticationError, RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.accounting.pricing import PriceTable
 from actors.adapter.actor import MAX_CONCURRENCY, OpenAIAdapter
@@ -71,6 +72,17 @@ def _running_here() -> str:
         return "local"
 
 
+class AdapterGroup(list[ActorHandle[Any]]):
+    """The started adapters, and the endpoint settings Ray restarts them with. The settings
+    are put in the object store once, by this driver, and held as long as the group: Ray
+    stores a creation argument over 100 KB (a CA bundle read from ``SSL_CERT_FILE``) itself,
+    and may free it before a restart on another node needs it, and the restart then fails."""
+
+    def __init__(self, handles: list[ActorHandle[Any]], settings: ray.ObjectRef[EndpointSettings]) -> None:
+        super().__init__(handles)
+        self.settings = settings
+
+
 def start_adapters(
     count: int,
     *,
@@ -80,25 +92,29 @@ def start_adapters(
     limit: LimitSpec | None = None,
     prices: PriceTable | None = None,
     max_in_flight: int | None = None,
-) -> list[ActorHandle[Any]]:
-    """K adapter actors SPREAD over the nodes, once every one has started. ``endpoint`` was
+) -> AdapterGroup:
+    """K adapter actors spread over the nodes, once every one has started. ``endpoint`` was
     resolved on the driver (``drivers.endpoint.resolve_endpoint``); its key travels as a
     SecretStr, never in options or names that Ray lists. ``max_in_flight`` is shared out so
     that together the adapters never have more requests open (each gets at least one)."""
     shares = _shares(max_in_flight, count) if max_in_flight is not None else [MAX_CONCURRENCY] * count
+    settings = ray.put(endpoint)
     adapter_class: Any = OpenAIAdapter  # @ray.remote(max_concurrency=...) hides its ActorClass from type checkers
-    adapters = [
-        adapter_class.options(scheduling_strategy="SPREAD", max_restarts=ADAPTER_RESTARTS, max_task_retries=0).remote(
-            endpoint=endpoint,
-            model=model,
-            name=f"adapter-{index}",
-            retry=retry,
-            limit=limit,
-            prices=prices,
-            max_in_flight=share,
-        )
-        for index, share in enumerate(shares)
-    ]
+    adapters = AdapterGroup(
+        [
+            adapter_class.options(scheduling_strategy=placement, max_restarts=ADAPTER_RESTARTS, max_task_retries=0).remote(
+                endpoint=settings,
+                model=model,
+                name=f"adapter-{index}",
+                retry=retry,
+                limit=limit,
+                prices=prices,
+                max_in_flight=share,
+            )
+            for index, (share, placement) in enumerate(zip(shares, _placements(count)))
+        ],
+        settings,
+    )
     try:
         _check_started(adapters)
     except ConfigError:
@@ -106,6 +122,18 @@ def start_adapters(
             ray.kill(adapter)
         raise
     return adapters
+
+
+def _placements(count: int) -> list[NodeAffinitySchedulingStrategy | str]:
+    """Adapter ``i`` on node ``i`` mod the nodes that can hold an actor (Ray's ``SPREAD``
+    alone put two of two adapters on one node of two, 5 times in 8). Soft: a lost node's
+    adapters restart wherever Ray can put them. No such node yet (an autoscaler still to
+    add workers): ``SPREAD``."""
+    listed: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]  # Ray leaves it unannotated
+    nodes = sorted(node["NodeID"] for node in listed if node["Alive"] and node["Resources"].get("CPU", 0) > 0)
+    if not nodes:
+        return ["SPREAD"] * count
+    return [NodeAffinitySchedulingStrategy(nodes[index % len(nodes)], soft=True) for index in range(count)]
 
 
 def _shares(total: int, count: int) -> list[int]:

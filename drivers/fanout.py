@@ -13,7 +13,8 @@ An adapter that dies (its process killed, its node lost) loses the batches it he
 tasks go out again, at once, to the adapters still up, and the dead one gets nothing until
 a probe finds it back (Ray restarts adapters started by ``start_adapters``) or dead for good.
 Some of those tasks had already been sent, so their prompts may be billed twice: ``resent``
-counts them. A task lost this way more than ``MAX_RESENDS`` times (a task that kills its
+counts them. An adapter Ray only could not reach is treated alike, since its results are
+lost with the stream; when its probe answers, it cancels what it still runs of them. A task lost this way more than ``MAX_RESENDS`` times (a task that kills its
 adapter) ends as an ``adapter_died`` result, as do all tasks once no adapter is left.
 
 When the adapters themselves cap their requests (``start_adapters(max_in_flight=...)``)
@@ -87,6 +88,7 @@ class Dispatcher(Generic[Item]):
         self._stopping = False
         self._handing_back: set[int] = set()  # adapters asked to hand back their queue, until a batch of theirs returns
         self._probes: dict[int, ray.ObjectRef[Any]] = {}  # adapters that lost a batch, until they answer again
+        self._lost_tags: dict[int, list[int]] = {}  # per probed adapter, the batches it lost
         self._dead: set[int] = set()  # adapters gone for good
         self._losses: dict[int, int] = {}  # id(task) -> times its adapter died under it
         self.resent = 0
@@ -225,6 +227,7 @@ class Dispatcher(Generic[Item]):
         before it gets more."""
         if batch.adapter not in self._dead and batch.adapter not in self._probes:
             self._probes[batch.adapter] = self._adapters[batch.adapter].status.remote()
+        self._lost_tags.setdefault(batch.adapter, []).append(batch.tag)
         given_up: list[tuple[Item, TaskResult]] = []
         for position in open_positions:
             item, task = batch.entries[position]
@@ -243,8 +246,10 @@ class Dispatcher(Generic[Item]):
         return given_up
 
     def _check_probes(self) -> None:
-        """Adapters that answer their probe are up again (Ray restarted them); those whose
-        probe fails with ``ActorDiedError`` are gone for good."""
+        """Adapters that answer their probe are up again: Ray restarted them, or they never
+        died (``ActorUnavailableError``: a call that "may or may not have executed"). Then
+        what they still run of the batches they lost is cancelled, since it went out again
+        elsewhere. Those whose probe fails with ``ActorDiedError`` are gone for good."""
         if not self._probes:
             return
         ready, _ = ray.wait(list(self._probes.values()), num_returns=len(self._probes), timeout=0)
@@ -256,9 +261,11 @@ class Dispatcher(Generic[Item]):
             reply = get_each([ref])[0]
             if isinstance(reply, ActorDiedError):
                 self._dead.add(index)
+                self._lost_tags.pop(index, None)
             elif isinstance(reply, BaseException):
                 self._probes[index] = self._adapters[index].status.remote()  # still restarting: ask again
             else:
+                self._adapters[index].cancel_batches.remote(self._lost_tags.pop(index, []))  # a restarted one has none
                 self._busy[index] = sum(len(b.open_positions()) for b in self._pending.values() if b.adapter == index)
 
 

@@ -1,9 +1,11 @@
-"""Ctrl-C that Ray's blocking calls cannot lose.
+"""Ctrl-C that Ray's blocking calls cannot lose, raised only where the driver can stop.
 
 A SIGINT that lands while the driver is inside ``ray.wait`` can be consumed by Ray's own
 signal check and never surface as KeyboardInterrupt (seen as a run that ignored Ctrl-C and
-finished). So each press is also counted here, and the driver's loop, which waits in short
-slices, raises for a press it has not acknowledged yet.
+finished); one raised anywhere else can cut the driver between taking a result and writing
+its record (seen as ``internal_error`` records for requests that had succeeded). So a
+press is only counted here, and the driver's loop, which waits in short slices, raises
+KeyboardInterrupt at its own safe points for a press it has not acknowledged yet.
 """
 
 from __future__ import annotations
@@ -42,4 +44,3 @@ class CtrlC:
 
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
         self._presses += 1
-        raise KeyboardInterrupt

@@ -200,6 +200,47 @@ def test_hand_back_names_the_waiting_tasks_of_tagged_batches_by_position(server:
     assert sorted(sent) == ["not in a tagged batch", "slow [[mock latency=1]]"], "b1 and b2 were never sent"
 
 
+def test_a_batch_stream_closed_by_its_reader_cancels_what_it_still_runs(server: MockServer) -> None:
+    """A reader gone mid-batch (its driver died, its stream broke): nobody collects the rest."""
+
+    async def body() -> None:
+        adapter = make_adapter(server)
+        stream = adapter.stream_batch([chat("q", "quick"), chat("h1", "one [[mock hang]]"), chat("h2", "two [[mock hang]]")])
+        assert [(position, result.custom_id) for position, result in await stream.__anext__()] == [(0, "q")]
+        while sum(entry.outcome == "pending" for entry in server.requests()) < 2:  # both hangs are open at the server
+            await asyncio.sleep(0.01)
+        await stream.aclose()
+        assert (await adapter.status()).in_flight == 0
+        await adapter.close()
+
+    run(body())
+    wait_for_outcome(server, "disconnected")
+    assert sorted(entry.outcome for entry in server.requests()) == ["disconnected", "disconnected", "ok"]
+
+
+def test_cancel_batches_cancels_the_open_tasks_of_those_tags_only(server: MockServer) -> None:
+    async def body() -> None:
+        adapter = make_adapter(server, max_in_flight=2)
+        kept = asyncio.ensure_future(adapter.run_batch([chat("k", "kept [[mock hang]]")], tag=4))
+        lost = asyncio.ensure_future(adapter.run_batch([chat("a", "running [[mock hang]]"), chat("b", "queued")], tag=3))
+        while len(server.requests()) < 2:  # k and a are sent; b waits for a slot
+            await asyncio.sleep(0.01)
+        assert await adapter.cancel_batches([3, 99]) == 2
+        assert await adapter.cancel_batches([3]) == 0, "nothing of it is left"
+        lost_results = await lost
+        assert [r.status for r in lost_results] == [TaskStatus.CANCELLED, TaskStatus.CANCELLED]
+        assert [r.attempts for r in lost_results] == [1, 0], "the running one was sent, the queued one never"
+        assert (await adapter.status()).running == 1 and not kept.done(), "the other batch runs on"
+        await adapter.close()
+        assert (await kept)[0].status is TaskStatus.CANCELLED
+
+    run(body())
+    assert sorted(entry.body["messages"][0]["content"] for entry in server.requests() if entry.body) == [
+        "kept [[mock hang]]",
+        "running [[mock hang]]",
+    ]
+
+
 def test_a_task_cancelled_before_it_ever_ran_still_has_a_result(server: MockServer) -> None:
     async def body() -> None:
         adapter = make_adapter(server)

@@ -135,6 +135,7 @@ def test_ctrl_c_writes_what_was_in_flight_and_exits_130_with_how_to_resume(
 
     records = complete_records(out)
     assert len(records) == len(out.read_bytes().splitlines()) < REQUESTS, "stopped early, no torn line"
+    assert [r for r in records if r["error"] is not None] == [], "a press cuts no result between its arrival and its record"
     recorded = {r["rayfan"]["line"] for r in records}
     reached_server = {int(p.rsplit(" ", 1)[1]) + 1 for p in sent_ok(server)}
     assert recorded == reached_server, "every request that reached the server was waited for and written"

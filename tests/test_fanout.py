@@ -17,6 +17,7 @@ from actors.adapter.settings import EndpointSettings
 from drivers.cluster import start_adapters
 from drivers.fanout import Dispatcher, batch_size_for, fan_out
 from drivers.mock import MockServer
+from tests.broken_link import LinkLostOnce
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -236,3 +237,21 @@ def test_results_come_back_per_request_not_per_batch(server: MockServer) -> None
     assert dispatcher.in_flight == 1, "the slow one is still out"
     dispatcher.cancel_waiting()
     ray.kill(handles[0])
+
+
+def test_a_batch_whose_stream_broke_on_a_live_adapter_is_resent_and_cancelled_there(server: MockServer) -> None:
+    """The lost batch goes out again, and the adapter, found alive, stops running its copy."""
+    handle = LinkLostOnce.remote(endpoint=EndpointSettings(base_url=server.base_url, api_key="sk-x"))
+    dispatcher: Dispatcher[str] = Dispatcher([handle], max_in_flight=8, batch_size=3)
+    for i in range(3):
+        dispatcher.send(f"h{i}", chat(f"h{i}", f"first copy hangs {i} [[mock hang times=1]]"))
+    results: list[tuple[str, TaskResult]] = []
+    while dispatcher.in_flight:
+        results += dispatcher.collect(timeout=30)
+    try:
+        assert sorted(item for item, result in results if result.ok) == ["h0", "h1", "h2"], [r.error for _, r in results]
+        assert dispatcher.resent == 3
+        wait_until(lambda: [e.outcome for e in server.requests()].count("disconnected") == 3)
+        assert sorted(e.outcome for e in server.requests()) == ["disconnected"] * 3 + ["ok"] * 3
+    finally:
+        ray.kill(handle)

@@ -48,6 +48,7 @@ class AdapterInfo(BaseModel):
     running: int
     max_in_flight: int
     capabilities: list[str]
+    node: str | None  # the Ray node of its process (hex id); None in a process not joined to Ray
 
 
 class Adapter:
@@ -137,6 +138,18 @@ class Adapter:
         tags = dict(self._batch_positions)  # run_batch forgets them as soon as its batch is done
         return [tags[task_id] for task_id in await self._table.cancel_pending(among=tags)]
 
+    async def cancel_batches(self, tags: list[int]) -> int:
+        """Cancel what is still open of the tagged batches, running or waiting: a dispatcher
+        whose stream of them broke (Ray: "may or may not have executed") has sent them
+        elsewhere, and nobody will collect these. Returns how many were cancelled."""
+        wanted = set(tags)
+        open_ids = [task_id for task_id, (tag, _) in self._batch_positions.items() if tag in wanted]
+        runners = [runner for task_id in open_ids if (runner := self._table.get(task_id).runner) and not runner.done()]
+        for runner in runners:
+            runner.cancel()
+        await asyncio.gather(*runners, return_exceptions=True)
+        return len(runners)
+
     async def run(self, task: TaskInput) -> TaskResult:
         """Submit and wait in one call, so a driver can hold one ObjectRef per request."""
         return await self.get_result(await self.submit_task(task))
@@ -166,6 +179,9 @@ class Adapter:
                 finished = [waiting.pop(runner) for runner in done]
                 yield [(position, self._table.collect(task_id)) for position, task_id in sorted(finished)]
         finally:
+            for runner in waiting:  # the reader went away mid-batch: nobody will collect these
+                runner.cancel()
+            await asyncio.gather(*waiting, return_exceptions=True)
             if tag is not None:
                 for task_id, _ in started:
                     self._batch_positions.pop(task_id, None)
@@ -183,6 +199,7 @@ class Adapter:
             running=self._table.running,
             max_in_flight=self._executor.max_in_flight,
             capabilities=sorted(SENDERS) + ["cancel", "stream"],
+            node=ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
         )
 
     async def close(self) -> None:
