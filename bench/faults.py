@@ -16,8 +16,8 @@ seconds per request, and runs each scenario as ``python -m drivers.cli run ... -
 * ``node_removed``: at ~30% of the output, remove the worker node holding adapters
   (``Cluster.remove_node(node, allow_graceful=False)``: raylet and its processes SIGKILLed, as
   a crashed machine; a graceful removal would tell the GCS itself), once the head holds an
-  adapter of the run too: Ray's restart of a lost adapter may fail (bench/README.md,
-  "Restarts"), and with every adapter lost the run would end in ``adapter_died`` records.
+  adapter of the run too (``start_adapters`` puts them one per node in turn, so with two or
+  more it does).
   The row says when the GCS marked the node dead, when the first lost request reached the
   endpoint again (sent by the driver after its ``RayActorError``) and whether and where the
   adapters came back. The next scenario gets a new worker node.

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -13,6 +16,7 @@ from ray._private.utils import read_ray_address
 from ray.exceptions import AuthenticationError, RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+import actors
 from actors.accounting.pricing import PriceTable
 from actors.adapter.actor import MAX_CONCURRENCY, OpenAIAdapter
 from actors.adapter.retry import RetryPolicy
@@ -41,7 +45,8 @@ def connect(address: str | None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS") or _running_here()
     try:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, include_dashboard=False)
+        with _working_directory(_PACKAGES_ROOT):
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, include_dashboard=False)
     except AuthenticationError as error:
         raise ConfigError(
             f"the Ray cluster at {address or 'RAY_ADDRESS'} requires its token: set RAY_AUTH_MODE=token and"
@@ -53,6 +58,23 @@ def connect(address: str | None) -> None:
             f"could not join the Ray cluster at {address or 'RAY_ADDRESS'}: {first_line} (check the address; a cluster"
             " with token authentication also needs RAY_AUTH_MODE=token and RAY_AUTH_TOKEN here)"
         ) from error
+
+
+_PACKAGES_ROOT = Path(actors.__file__).resolve().parent.parent
+"""The directory this driver imported rayfan's packages from."""
+
+
+@contextlib.contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    """Ray puts the driver's working directory first on its workers' ``sys.path``: a user's
+    own ``actors/`` or ``drivers/`` folder there would shadow rayfan's packages in every
+    adapter. Joined from rayfan's own directory, the workers import what this driver did."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 def _running_here() -> str:
