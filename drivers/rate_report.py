@@ -21,6 +21,10 @@ from actors.ratelimit.protocol import CoordinatorSnapshot
 from actors.ratelimit.specs import CoordinatedLimitSpec
 from drivers.fanout import get_each
 
+SHORT_RUN_S = 60.0
+"""Runs shorter than a minute are reported as counts against what the limits allow in
+that time, not as a per-minute rate that a minute's burst up front would inflate."""
+
 
 class RateReport(BaseModel):
     """Requests and tokens per minute achieved, against the limits, and the 429s it cost."""
@@ -47,12 +51,25 @@ class RateReport(BaseModel):
 
     def render(self) -> str:
         rejected = self.rate_limited / self.requests if self.requests else 0.0
+        outcome = f"{self.rate_limited} answered 429 ({rejected:.1%} of {self.requests} requests)"
+        if self.wall_s < SHORT_RUN_S and self.requests:
+            return f"rate: {self.requests:,} requests and {self.tokens:,} tokens in {self.wall_s:.1f} s{self._allowance()}; {outcome}"
         window = "" if self.burst_s is None or not self.limits.known else f"; bursts of at most {self.burst_s:.3g} s of the limit"
         return (
             f"rate: {self.requests_per_min:,.0f} requests/min{_of(self.requests_per_min, self.limits.rpm, 'RPM')},"
-            f" {self.tokens_per_min:,.0f} tokens/min{_of(self.tokens_per_min, self.limits.tpm, 'TPM')};"
-            f" {self.rate_limited} answered 429 ({rejected:.1%} of {self.requests} requests){window}"
+            f" {self.tokens_per_min:,.0f} tokens/min{_of(self.tokens_per_min, self.limits.tpm, 'TPM')}; {outcome}{window}"
         )
+
+    def _allowance(self) -> str:
+        """What the limits let through in a run this short: a burst up front, then the rate.
+        Per minute, a few seconds' burst reads as many times the limit and is none."""
+        burst_s = SHORT_RUN_S if self.burst_s is None else self.burst_s
+        allowed = [
+            f"{limit * (self.wall_s + burst_s) / 60:,.0f} {unit}"
+            for limit, unit in ((self.limits.rpm, "requests"), (self.limits.tpm, "tokens"))
+            if limit is not None
+        ]
+        return f" (the limits allow {' and '.join(allowed)} in that time, {burst_s:.3g} s of them at once)" if allowed else ""
 
 
 def close_and_report(adapters: Sequence[ActorHandle[Any]], limit: CoordinatedLimitSpec, wall_s: float) -> RateReport:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,19 @@ def test_rate_report_renders_achieved_rate_against_the_limits() -> None:
     assert metered.render().endswith("(0.1% of 2400 requests); bursts of at most 0.5 s of the limit")
 
 
+def test_a_run_shorter_than_a_minute_is_counted_against_what_the_limits_allow_in_that_time() -> None:
+    """300 requests in 2 s under 600 RPM is 9,000/min, yet the server's minute bucket allowed it."""
+    burst = RateReport(limits=Limits(rpm=600, tpm=100_000), requests=300, rate_limited=0, tokens=14_470, wall_s=2.0, burst_s=60.0)
+    assert burst.render() == (
+        "rate: 300 requests and 14,470 tokens in 2.0 s (the limits allow 620 requests and 103,333 tokens in that time,"
+        " 60 s of them at once); 0 answered 429 (0.0% of 300 requests)"
+    )
+    metered = burst.model_copy(update={"limits": Limits(rpm=600, tpm=None), "burst_s": 1.0})
+    assert "(the limits allow 30 requests in that time, 1 s of them at once)" in metered.render(), "over it, plainly"
+    unlimited = burst.model_copy(update={"limits": Limits(), "burst_s": None})
+    assert unlimited.render() == "rate: 300 requests and 14,470 tokens in 2.0 s; 0 answered 429 (0.0% of 300 requests)"
+
+
 @pytest.mark.usefixtures("ray_session")
 def test_run_with_limits_uses_the_coordinator_and_prints_the_rate(
     tmp_path: Path, server: MockServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
@@ -55,8 +69,9 @@ def test_run_with_limits_uses_the_coordinator_and_prints_the_rate(
     assert snap.learned == Limits(rpm=600, tpm=50_000)  # from the server's headers
     assert snap.limits == Limits(rpm=600, tpm=40_000)  # the lower of each
     rate_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("rate:"))
-    assert "of the 600 RPM limit" in rate_line and "of the 40,000 TPM limit" in rate_line
-    assert rate_line.endswith("0 answered 429 (0.0% of 60 requests); bursts of at most 60 s of the limit")  # a minute's bucket
+    assert rate_line.startswith("rate: 60 requests and ") and rate_line.endswith("; 0 answered 429 (0.0% of 60 requests)")
+    # a short run against the limits in force (given RPM, the lower TPM) and the server's minute bucket
+    assert re.search(r"the limits allow 60\d requests and 40,\d{3} tokens in that time, 60 s of them at once", rate_line), rate_line
 
 
 @pytest.mark.usefixtures("ray_session")
