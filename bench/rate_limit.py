@@ -23,6 +23,7 @@ Targets for every coordinated row: >= 0.98 of the limit, <= 0.5 % 429s, 0 failed
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import statistics
@@ -169,6 +170,7 @@ def main() -> None:
     parser.add_argument("--max-in-flight", type=int, default=256)
     parser.add_argument("--repeat", type=int, default=3, help="runs per configuration; medians are printed")
     parser.add_argument("--nodes", type=int, default=1, help="Ray nodes on this machine (ray.cluster_utils.Cluster); adapters SPREAD")
+    parser.add_argument("--json-rows", type=Path, default=None, metavar="FILE", help="also append each row as a JSON line (bench/scaling.py)")
     args = parser.parse_args()
     cluster = _start_ray(args.nodes)
     logging.getLogger("actors").setLevel(logging.ERROR)  # the no-coordinator run logs every retry
@@ -186,6 +188,9 @@ def main() -> None:
             f"{calls:>11}{row.requests:>7.0f}{row.wall_s:>8.1f}",
             flush=True,
         )
+        if args.json_rows is not None:
+            with open(args.json_rows, "a") as rows:
+                rows.write(json.dumps({"nodes": args.nodes, **asdict(config), **asdict(row)}) + "\n")
     ray.shutdown()
     if cluster is not None:
         cluster.shutdown()
