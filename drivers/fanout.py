@@ -32,12 +32,13 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar
 
 import ray
 from ray import ObjectRefGenerator
 from ray.actor import ActorHandle
 from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
+from ray.util.client import ray as ray_client
 
 from actors.adapter.actor import MAX_CONCURRENCY
 from actors.errors import TaskError
@@ -80,7 +81,10 @@ class Dispatcher(Generic[Item]):
         self._adapters = list(adapters)
         self._busy = [0] * len(adapters)
         self._buffer: list[tuple[Item, Any]] = []
-        self._pending: dict[ObjectRefGenerator, _Batch[Item]] = {}  # one result stream per batch
+        self._pending: dict[ObjectRefGenerator | ray.ObjectRef[Any], _Batch[Item]] = {}  # one result stream (or whole result) per batch
+        self._streams = not ray_client.is_connected()  # type: ignore[no-untyped-call]  # Ray leaves it unannotated
+        """Ray Client (``ray://``) has no streaming generators: there, a batch's results come
+        back together (``Adapter.run_batch``), so a slow request holds back its batch."""
         self._by_tag: dict[int, _Batch[Item]] = {}
         self._tags = itertools.count()
         self._in_flight = 0
@@ -130,13 +134,18 @@ class Dispatcher(Generic[Item]):
         if not ready:
             return []
         ready, _ = ray.wait(list(self._pending), num_returns=len(self._pending), timeout=0)
-        nexts: list[tuple[ObjectRefGenerator, ray.ObjectRef[Any]]] = []
-        for stream in cast(list[ObjectRefGenerator], ready):  # ray.wait hands back what it was given
+        nexts: list[tuple[ObjectRefGenerator | ray.ObjectRef[Any], ray.ObjectRef[Any]]] = []
+        for stream in ready:
+            if not isinstance(stream, ObjectRefGenerator):
+                nexts.append((stream, stream))  # a whole batch's results: its one value
+                continue
             try:
                 nexts.append((stream, next(stream)))
             except StopIteration:
                 finished.extend(self._close(stream, None))
         for (stream, _), value in zip(nexts, get_each([ref for _, ref in nexts])):  # one round trip for all
+            if not isinstance(stream, ObjectRefGenerator) and not isinstance(value, BaseException):
+                value = list(enumerate(value))
             finished.extend(self._take(stream, value))
         return finished
 
@@ -182,10 +191,14 @@ class Dispatcher(Generic[Item]):
         self._busy[index] += len(entries)
         batch = _Batch(next(self._tags), index, entries)
         self._by_tag[batch.tag] = batch
-        self._pending[self._adapters[index].stream_batch.remote([task for _, task in entries], batch.tag)] = batch
+        adapter = self._adapters[index]
+        run: Any = adapter.stream_batch if self._streams else adapter.run_batch
+        self._pending[run.remote([task for _, task in entries], batch.tag)] = batch
         return []
 
-    def _take(self, stream: ObjectRefGenerator, value: list[tuple[int, TaskResult]] | BaseException) -> list[tuple[Item, TaskResult]]:
+    def _take(
+        self, stream: ObjectRefGenerator | ray.ObjectRef[Any], value: list[tuple[int, TaskResult]] | BaseException
+    ) -> list[tuple[Item, TaskResult]]:
         """One item of a batch's stream: the results that finished together, or the error that cut it."""
         batch = self._pending[stream]
         if isinstance(value, BaseException):
@@ -204,7 +217,7 @@ class Dispatcher(Generic[Item]):
             finished += self._close(stream, None)
         return finished
 
-    def _close(self, stream: ObjectRefGenerator, error: BaseException | None) -> list[tuple[Item, TaskResult]]:
+    def _close(self, stream: ObjectRefGenerator | ray.ObjectRef[Any], error: BaseException | None) -> list[tuple[Item, TaskResult]]:
         """The batch's stream is over: complete, or cut by ``error``, which the positions
         still open share (an adapter that died: they go out again)."""
         batch = self._pending.pop(stream)
