@@ -6,8 +6,10 @@
      ├── TaskNotFound         unknown or already-collected task id
      ├── ResultTimeout        get_result(timeout=...) ran out; the task keeps running
      ├── RequestFailed        a request ended without a result (carries its TaskError)
-     └── ScopeStopped         the scope stopped (no credit, a rejected key, an unreachable
-                              endpoint): nothing more is sent
+     ├── ScopeStopped         the scope stopped (no credit, a rejected key, an unreachable
+     │                        endpoint): nothing more is sent
+     └── BatchApiError        a Batch API call (a file up or down, a batch created or read)
+                              failed for good, retries spent (carries its TaskError)
 
 SDK errors are translated in one place (``actors.adapter.retry.describe_error``) into a
 ``TaskError``, the record of why a task ended without a result; tasks that fail are reported
@@ -84,3 +86,16 @@ class ScopeStopped(RayfanError):
     def __init__(self, error: TaskError) -> None:
         super().__init__(f"{error.code}: {error.message}")
         self.error = error
+
+
+class BatchApiError(RayfanError):
+    """A call to ``/v1/files`` or ``/v1/batches`` that failed after the retry policy gave up
+    (or at once, when no retry can fix it), described as a TaskError."""
+
+    def __init__(self, what: str, error: TaskError) -> None:
+        super().__init__(f"{what}: {error.code}: {error.message}")
+        self.what = what
+        self.error = error
+
+    def __reduce__(self) -> tuple[type, tuple[str, TaskError]]:
+        return type(self), (self.what, self.error)  # crosses Ray's process boundary intact

@@ -1,5 +1,5 @@
 """``rayfan run INPUT.jsonl -o OUTPUT.jsonl``: the batch driver's command line; ``rayfan report
-OUTPUT.jsonl``: what an output file holds."""
+OUTPUT.jsonl``: what an output file holds; ``rayfan status``: what runs on a cluster."""
 
 from __future__ import annotations
 
@@ -20,17 +20,23 @@ from actors.adapter.settings import EndpointSettings
 from actors.errors import ConfigError
 from actors.models import DEFAULT_MODEL
 from drivers.batch import BatchOptions, run_batch
+from drivers.batchapi import BatchApiOptions, BatchLimits, open_batches, run_batch_api, status_lines
+from drivers.batchapi.options import DEFAULT_POLL_S
 from drivers.endpoint import EndpointFlags, parse_headers, resolve_endpoint
 from drivers.estimate import estimate_file
 from drivers.inputs import InputProblem, RequestDefaults, count_requests, read_requests
-from drivers.outputs import check_output
+from drivers.outputs import check_output, peek_resume_state
 from drivers.progress import ProgressBar
 from drivers.report import INSTALL_PLOT, run_report
+from drivers.status import EXIT_CODES as STATUS_EXIT_CODES
+from drivers.status import run_status
 from drivers.summary import ExitCode
 
 T = TypeVar("T", int, float)
 
 MOCK_API_KEY = "sk-mock-not-a-real-key"
+MOCK_POLL_S = 0.5
+"""The built-in mock answers a batch at once: looking every minute would only make a demo wait."""
 MAX_BUDGET_USD = 1e9
 """Far above any batch; --budget-usd 1e300 would overflow the budget's count of picodollars."""
 EXIT_CODES = "exit codes:\n" + "\n".join(f"  {code.value:<4}{code.meaning}" for code in ExitCode)
@@ -161,6 +167,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="a progress bar on stderr (default: only when stderr is a terminal)",
     )
+    batch_api = run.add_argument_group("Batch API (half price, answers within 24 hours; README: 'Batch API mode')")
+    batch_api.add_argument(
+        "--batch-api",
+        action="store_true",
+        help="send the requests as Batch API files (/v1/files, /v1/batches) at the batch price; the same output;"
+        " a re-run collects the batches already submitted and submits nothing twice",
+    )
+    batch_api.add_argument(
+        "--batch-unfinished",
+        choices=("resubmit", "sync"),
+        default=None,
+        help="requests a batch left unfinished (it expired, failed or was cancelled): in a new batch, 3 batches at most"
+        " (resubmit, the default), or through the synchronous API once every batch has ended (sync)",
+    )
+    batch_api.add_argument(
+        "--batch-poll",
+        type=_positive(float),
+        default=None,
+        metavar="S",
+        help=f"longest wait between two looks at a batch (default {DEFAULT_POLL_S:g}; {MOCK_POLL_S:g} with --mock)",
+    )
+    batch_api.add_argument(
+        "--batch-max-requests", type=_positive(int), default=None, metavar="N", help="requests per batch file (default 50000, OpenAI's limit)"
+    )
+    batch_api.add_argument(
+        "--batch-max-mb", type=_positive(float), default=None, metavar="MB", help="MB (10^6 bytes) per batch file (default 200, OpenAI's limit)"
+    )
     run.add_argument("-v", "--verbose", action="store_true")
     report = commands.add_parser(
         "report",
@@ -177,6 +210,23 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"also draw successful responses per minute (by the server's created time) as a PNG; needs {INSTALL_PLOT}",
     )
     report.add_argument("--rpm", type=_positive(int), default=None, help="a requests-per-minute limit to draw on the --plot chart")
+    status = commands.add_parser(
+        "status",
+        help="every rate-limit scope and every run's adapters on a running Ray cluster, on one screen",
+        epilog=STATUS_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    status.add_argument("--address", default=None, help="the cluster, as for run (default: RAY_ADDRESS, else a Ray started on this machine)")
+    status.add_argument(
+        "--batches",
+        type=Path,
+        default=None,
+        metavar="OUT.jsonl",
+        help="instead, the batches of a --batch-api run's output and their request counts (from its journal; no cluster needed)",
+    )
+    status.add_argument(
+        "--watch", type=_positive(float), nargs="?", const=2.0, default=None, metavar="S", help="redraw every S seconds (default 2) until Ctrl-C"
+    )
     return parser
 
 
@@ -221,6 +271,11 @@ def _endpoint(args: argparse.Namespace, resolved: EndpointSettings | None) -> It
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "status" and args.batches is not None:
+        print("\n".join(status_lines(args.batches)))
+        return ExitCode.OK
+    if args.command == "status":
+        return run_status(args.address, watch_s=args.watch)
     if args.command == "report":
         if args.rpm is not None and args.plot is None:
             parser.error("report --rpm is drawn on the chart: use it with --plot FILE.png")
@@ -233,13 +288,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_readable(args.input)
         check_output(args.output, source=args.input)
         prices = PriceTable.with_overrides(args.prices).with_command_line(args.price, args.price_as)
+        batch_api = _batch_api_options(args)
+        if batch_api is None and (batches := open_batches(args.output)):
+            raise ConfigError(
+                f"{args.output} has {batches} Batch API batches not yet collected: run with --batch-api to collect them"
+                " (without it, their requests would be sent, and paid, again)"
+            )
     except ConfigError as err:
         parser.error(str(err))
     if args.strict and (problems := _list_problems(args.input, defaults)):
         print(f"{problems} bad lines in {args.input}; nothing was sent", file=sys.stderr)
         return ExitCode.INVALID_INPUT
     if args.dry_run:
-        print(estimate_file(args.input, defaults, prices).render())
+        done = peek_resume_state(args.output, retry_failed=args.retry_failed)
+        print(estimate_file(args.input, defaults, prices if batch_api is None else prices.for_batch(), done).render())
         return ExitCode.OK
     try:
         flags = _endpoint_flags(args)
@@ -269,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             deadline_s=args.deadline,
         )
         try:
-            summary = run_batch(options, progress=progress)
+            summary = run_batch(options, progress=progress) if batch_api is None else run_batch_api(options, batch_api, progress=progress)
         except ConfigError as err:
             print(f"{parser.prog}: error: {err}", file=sys.stderr)
             return ExitCode.USAGE
@@ -277,6 +339,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress.close(summary)
     print(summary.render())
     return summary.exit_code
+
+
+def _batch_api_options(args: argparse.Namespace) -> BatchApiOptions | None:
+    """``--batch-api``'s settings, or None for a synchronous run (which takes none of them)."""
+    flags = {"--batch-unfinished": args.batch_unfinished, "--batch-poll": args.batch_poll}
+    flags |= {"--batch-max-requests": args.batch_max_requests, "--batch-max-mb": args.batch_max_mb}
+    given = [flag for flag, value in flags.items() if value is not None]
+    if not args.batch_api:
+        if given:
+            raise ConfigError(f"{', '.join(given)} need --batch-api")
+        return None
+    limits = BatchLimits()
+    if args.batch_max_requests is not None:
+        limits = limits.model_copy(update={"max_requests": args.batch_max_requests})
+    if args.batch_max_mb is not None:
+        limits = limits.model_copy(update={"max_bytes": max(int(args.batch_max_mb * 1e6), 1)})
+    poll_s = args.batch_poll or (MOCK_POLL_S if args.mock else DEFAULT_POLL_S)
+    return BatchApiOptions(limits=limits, poll_s=poll_s, unfinished=args.batch_unfinished or "resubmit")
 
 
 def _check_readable(path: Path) -> None:

@@ -22,7 +22,7 @@ from actors.adapter.actor import MAX_CONCURRENCY, OpenAIAdapter
 from actors.adapter.retry import RetryPolicy
 from actors.adapter.settings import EndpointSettings
 from actors.errors import ConfigError
-from actors.ratelimit.coordinator import coordinator_for
+from actors.ratelimit.coordinator import NAMESPACE, LimitScope, new_run
 from actors.ratelimit.limits import Limits
 from actors.ratelimit.specs import CoordinatedLimitSpec, LimitSpec
 from drivers.fanout import get_each
@@ -31,22 +31,30 @@ log = logging.getLogger(__name__)
 
 RUNNING_PROBE_S = 0.5
 """How long a Ray recorded as running on this machine gets to accept a connection."""
+JOIN_PROBE_S = 3.0
+"""How long a cluster that ``connect(join_only=True)`` is given gets to accept a connection
+(Ray itself waits minutes for an address where nothing answers)."""
+ADAPTER_NAME_PREFIX = "rayfan-adapter-"
+"""Adapters of runs are named actors in the ``rayfan`` namespace (see ``adapter_name``)."""
 ADAPTER_RESTARTS = 3
 """Ray restarts a dead adapter (same arguments, any node) this many times; its lost work is
 sent again by the dispatcher, never retried by Ray (``max_task_retries=0``), so it is counted."""
 
 
-def connect(address: str | None) -> None:
+def connect(address: str | None, *, join_only: bool = False) -> None:
     """Join the cluster at ``address``; without one, ``RAY_ADDRESS`` (as ``ray job submit``
     sets it), else a Ray already running on this machine (``ray start --head`` once, and
     each run starts in seconds), else a new local one for this run. A no-op when already
-    connected."""
+    connected. ``join_only`` (``rayfan status``): never start a Ray, fail at once where
+    nothing answers, and leave the workers' logs where they are."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or _running_here()
+    if join_only:
+        _check_answers(address)
     try:
-        with _working_directory(_PACKAGES_ROOT):
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, include_dashboard=False)
+        with _working_directory(_PACKAGES_ROOT), _quiet_if_local(address):
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=not join_only, include_dashboard=False)
     except AuthenticationError as error:
         raise ConfigError(
             f"the Ray cluster at {address or 'RAY_ADDRESS'} requires its token: set RAY_AUTH_MODE=token and"
@@ -77,6 +85,21 @@ def _working_directory(path: Path) -> Iterator[None]:
         os.chdir(previous)
 
 
+@contextlib.contextmanager
+def _quiet_if_local(address: str) -> Iterator[None]:
+    """A Ray started here for this run turns on token authentication and says so at every
+    start, to a user who did nothing wrong and has nothing to do: that notice is dropped.
+    Joining a cluster, every warning stays."""
+    notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = notice.level
+    if address == "local":
+        notice.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        notice.setLevel(level)
+
+
 def _running_here() -> str:
     """The address of the Ray that ``ray start`` left running on this machine, if it still
     answers; else "local", a new Ray for this run. Ray itself would try the address that
@@ -84,14 +107,27 @@ def _running_here() -> str:
     recorded: str | None = read_ray_address()  # None without a record, whatever its annotation says
     if not recorded:
         return "local"
-    host, _, port = recorded.rpartition(":")
+    return recorded if _answers(recorded, RUNNING_PROBE_S) is True else "local"
+
+
+def _answers(address: str, timeout_s: float) -> bool | None:
+    """Whether something accepts a connection at ``[ray://]HOST:PORT``; None for an address
+    of another form (``auto``), which only Ray can resolve."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
-        return "local"
+        return None
     try:
-        with socket.create_connection((host, int(port)), timeout=RUNNING_PROBE_S):
-            return recorded
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return True
     except OSError:
-        return "local"
+        return False
+
+
+def _check_answers(address: str) -> None:
+    if address == "local":
+        raise ConfigError("no Ray cluster runs on this machine: start one (`ray start --head`), or give --address or RAY_ADDRESS")
+    if _answers(address, JOIN_PROBE_S) is False:
+        raise ConfigError(f"nothing answers at {address}: is the Ray cluster up, and is that its address?")
 
 
 class AdapterGroup(list[ActorHandle[Any]]):
@@ -120,14 +156,21 @@ def start_adapters(
     SecretStr, never in options or names that Ray lists. ``max_in_flight`` is shared out so
     that together the adapters never have more requests open (each gets at least one)."""
     shares = _shares(max_in_flight, count) if max_in_flight is not None else [MAX_CONCURRENCY] * count
+    run = new_run()
     settings = ray.put(endpoint)
     adapter_class: Any = OpenAIAdapter  # @ray.remote(max_concurrency=...) hides its ActorClass from type checkers
     adapters = AdapterGroup(
         [
-            adapter_class.options(scheduling_strategy=placement, max_restarts=ADAPTER_RESTARTS, max_task_retries=0).remote(
+            adapter_class.options(
+                name=adapter_name(run, index),
+                namespace=NAMESPACE,
+                scheduling_strategy=placement,
+                max_restarts=ADAPTER_RESTARTS,
+                max_task_retries=0,
+            ).remote(
                 endpoint=settings,
                 model=model,
-                name=f"adapter-{index}",
+                name=adapter_name(run, index),
                 retry=retry,
                 limit=limit,
                 prices=prices,
@@ -144,6 +187,13 @@ def start_adapters(
             ray.kill(adapter)
         raise
     return adapters
+
+
+def adapter_name(run: str, index: int) -> str:
+    """A run's adapter is a named actor in the ``rayfan`` namespace, so ``rayfan status``
+    finds it; the run id is random, so the name tells nothing of the key or the files.
+    Not detached: it goes with the driver that started it."""
+    return f"{ADAPTER_NAME_PREFIX}{run}-{index}"
 
 
 def _placements(count: int) -> list[NodeAffinitySchedulingStrategy | str]:
@@ -181,6 +231,7 @@ def shared_limit(count: int, *, endpoint: EndpointSettings, model: str, limits: 
     """The scope's rate-limit coordinator (found, or created on first use) as the limit all
     ``count`` adapters share; ``limits`` are the given ones, the rest is learned from headers.
     The scope is the endpoint with its organization and project, the key and the model (for
-    Azure, the deployment the model names)."""
-    coordinator = coordinator_for(endpoint.pool_label, endpoint.api_key.get_secret_value(), model, limits=limits)
-    return CoordinatedLimitSpec(coordinator=coordinator, adapters=count, limits=limits)
+    Azure, the deployment the model names). The run joins the scope: see ``Coordinator.join``
+    for how runs sharing it combine their limits."""
+    scope = LimitScope.of(endpoint.pool_label, endpoint.api_key.get_secret_value(), model, limits=limits)
+    return CoordinatedLimitSpec.shared(scope, adapters=count)

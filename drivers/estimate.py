@@ -17,6 +17,7 @@ from actors.accounting.pricing import PriceTable
 from actors.accounting.tokens import BYTES_PER_TOKEN_ESTIMATE, is_exact, output_allowance, prompt_tokens
 from actors.models import AnyTask
 from drivers.inputs import InputProblem, RequestDefaults, read_requests
+from drivers.outputs import ResumeState
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class FileEstimate(BaseModel):
     priced: dict[str, ModelTotals] = Field(default_factory=dict)
     unpriced: dict[str, ModelTotals] = Field(default_factory=dict)
     invalid: int = 0
+    already_done: int = 0
+    """Requests and bad lines the output already has a record for: a re-run skips them."""
 
     def add(self, estimate: RequestEstimate) -> None:
         by_model = self.unpriced if estimate.high_usd is None else self.priced
@@ -74,7 +77,8 @@ class FileEstimate(BaseModel):
 
     def render(self) -> str:
         requests = sum(t.requests for t in (*self.priced.values(), *self.unpriced.values()))
-        lines = [f"dry run of {self.path}: {requests} requests, {self.invalid} invalid lines; nothing was sent"]
+        done = f" ({self.already_done} lines already done in the output, not counted)" if self.already_done else ""
+        lines = [f"dry run of {self.path}: {requests} requests to send, {self.invalid} invalid lines{done}; nothing was sent"]
         for model, totals in sorted(self.priced.items()):
             lines.append(
                 f"  {model}: {totals.requests} requests, {totals.prompt_tokens} prompt tokens,"
@@ -89,11 +93,14 @@ class FileEstimate(BaseModel):
         return "\n".join(lines)
 
 
-def estimate_file(path: Path, defaults: RequestDefaults, prices: PriceTable) -> FileEstimate:
-    """Read the whole file as a stream and add up every valid request's range."""
+def estimate_file(path: Path, defaults: RequestDefaults, prices: PriceTable, done: ResumeState | None = None) -> FileEstimate:
+    """Read the whole file as a stream and add up the range of every valid request that a
+    run would send: those ``done`` (an existing output's records) holds are skipped."""
     report = FileEstimate(path=path)
     for item in read_requests(path, defaults):
-        if isinstance(item, InputProblem):
+        if done is not None and done.is_done(item):
+            report.already_done += 1
+        elif isinstance(item, InputProblem):
             report.invalid += 1
         else:
             report.add(estimate_request(item.task, prices))

@@ -65,9 +65,25 @@ class ResumeState:
 def load_resume_state(path: Path, *, retry_failed: bool) -> ResumeState:
     """Read an existing output file and repair it for appending: a torn last line is cut off,
     and records to redo are removed by an atomic, streamed rewrite."""
+    state, complete_bytes = _read_resume_state(path, retry_failed)
+    if state.redone:
+        with atomic_rewrite(path) as out, open(path, "rb") as existing:
+            out.writelines(raw for raw in existing if _keeps(raw, retry_failed))
+    elif state.torn:
+        os.truncate(path, complete_bytes)
+    return state
+
+
+def peek_resume_state(path: Path, *, retry_failed: bool) -> ResumeState:
+    """What a run would skip, read without repairing anything (``--dry-run``)."""
+    return _read_resume_state(path, retry_failed)[0]
+
+
+def _read_resume_state(path: Path, retry_failed: bool) -> tuple[ResumeState, int]:
+    """The state, and how many bytes of the file are complete lines."""
     state = ResumeState()
     if not path.exists():
-        return state
+        return state, 0
     complete_bytes = 0
     with open(path, "rb") as existing:
         for raw in existing:
@@ -80,12 +96,7 @@ def load_resume_state(path: Path, *, retry_failed: bool) -> ResumeState:
                 state.redone += 1
             else:
                 state.remember(record)
-    if state.redone:
-        with atomic_rewrite(path) as out, open(path, "rb") as existing:
-            out.writelines(raw for raw in existing if _keeps(raw, retry_failed))
-    elif state.torn:
-        os.truncate(path, complete_bytes)
-    return state
+    return state, complete_bytes
 
 
 def _keeps(raw: bytes, retry_failed: bool) -> bool:
@@ -174,19 +185,26 @@ def atomic_rewrite(path: Path) -> Iterator[IO[bytes]]:
 
 
 def result_record(request: InputRequest, result: TaskResult) -> dict[str, Any]:
+    return line_result_record(request.line, result)
+
+
+def line_result_record(line: int, result: TaskResult, *, record_id: str | None = None, **more: Any) -> dict[str, Any]:
+    """The record of ``result``, for the request on input line ``line``. ``record_id`` keeps
+    the id the Batch API gave the answer; ``more`` adds rayfan fields (the batch it came in)."""
     extra = {
-        "line": request.line,
+        "line": line,
         "status": result.status.value,
         "model": result.model,
         "usage": result.usage.model_dump(),
         "cost_usd": result.cost_usd,
         "attempts": result.attempts,
         "latency_s": round(result.latency_s, 4),
+        **more,
     }
     if result.error is not None:
-        return _record(result.custom_id, None, result.error.model_dump(exclude_none=True), extra)
-    response = {"status_code": 200, "request_id": result.request_id, "body": result.body or _synthesized_body(request, result)}
-    return _record(result.custom_id, response, None, extra)
+        return _record(result.custom_id, None, result.error.model_dump(exclude_none=True), extra, record_id)
+    response = {"status_code": 200, "request_id": result.request_id, "body": result.body or _synthesized_body(result)}
+    return _record(result.custom_id, response, None, extra, record_id)
 
 
 def problem_record(problem: InputProblem) -> dict[str, Any]:
@@ -199,11 +217,14 @@ def not_run_record(request: InputRequest, code: str, message: str) -> dict[str, 
     return _record(request.custom_id, None, {"code": code, "message": message}, extra)
 
 
-def _record(custom_id: str, response: dict[str, Any] | None, error: dict[str, Any] | None, extra: dict[str, Any]) -> dict[str, Any]:
-    return {"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": custom_id, "response": response, "error": error, "rayfan": extra}
+def _record(
+    custom_id: str, response: dict[str, Any] | None, error: dict[str, Any] | None, extra: dict[str, Any], record_id: str | None = None
+) -> dict[str, Any]:
+    record_id = record_id or f"batch_req_{uuid.uuid4().hex}"
+    return {"id": record_id, "custom_id": custom_id, "response": response, "error": error, "rayfan": extra}
 
 
-def _synthesized_body(request: InputRequest, result: TaskResult) -> dict[str, Any]:
+def _synthesized_body(result: TaskResult) -> dict[str, Any]:
     """A chat.completion body for streamed results, whose chunks left no single body."""
     return {
         "object": "chat.completion",
@@ -233,9 +254,13 @@ class OutputWriter:
         self._file.write(json.dumps(record, ensure_ascii=True) + "\n")
         self._file.flush()
 
-    def close(self) -> None:
+    def sync(self) -> None:
+        """Written through to the disk: what a journal that names these records as written needs first."""
         self._file.flush()
         os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self.sync()
         self._file.close()
 
     def __enter__(self) -> OutputWriter:

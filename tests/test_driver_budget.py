@@ -90,9 +90,31 @@ def test_dry_run_prints_the_files_cost_range_and_sends_nothing(
     low, high = sum(e.low_usd or 0 for e in priced), sum(e.high_usd or 0 for e in priced)
     assert high > low > 0
     assert f"estimated cost: ${low:.6f} to ${high:.6f}" in printed
-    assert "4 requests, 1 invalid lines" in printed
+    assert "4 requests to send, 1 invalid lines; nothing was sent" in printed
     assert "no known price, not in the estimate: my-local-llama (1 requests)" in printed
     assert server.requests() == [] and not out.exists()
+
+
+def test_dry_run_of_a_half_done_output_prices_only_what_a_rerun_sends_and_leaves_the_output_alone(
+    tmp_path: Path, server: MockServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_text("".join(json.dumps({"custom_id": key, "prompt": f"question {key}", "max_tokens": 10}) + "\n" for key in "abcd"))
+    done = {"id": "batch_req_1", "custom_id": "a", "response": {"status_code": 200}, "error": None, "rayfan": {"line": 1, "cost_usd": 0.001}}
+    failed = {"id": "batch_req_2", "custom_id": "b", "response": None, "error": {"code": "server_error", "message": "500"}, "rayfan": {"line": 2}}
+    out.write_text(json.dumps(done) + "\n" + json.dumps(failed) + "\n" + '{"id": "batch_req_3", "custom_id": "c"')  # torn last line
+    before = out.read_bytes()
+    run_dry = ["run", str(source), "-o", str(out), "--dry-run", "--base-url", server.base_url]
+
+    assert main(run_dry) == 0
+    printed = capsys.readouterr().out
+    c_and_d = [estimate_request(item.task, PRICES) for item in read_requests(source, RequestDefaults()) if isinstance(item, InputRequest)][2:]
+    assert "2 requests to send, 0 invalid lines (2 lines already done in the output, not counted)" in printed
+    assert f"to ${sum(e.high_usd or 0 for e in c_and_d):.6f}" in printed
+    assert main([*run_dry, "--retry-failed"]) == 0
+    assert "3 requests to send, 0 invalid lines (1 lines already done in the output, not counted)" in capsys.readouterr().out
+    assert out.read_bytes() == before, "a dry run repairs nothing: the torn line is the real run's to cut"
+    assert server.requests() == []
 
 
 # --- real runs

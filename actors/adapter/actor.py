@@ -18,6 +18,7 @@ import ray
 from pydantic import BaseModel
 
 from actors.accounting.pricing import PriceTable
+from actors.adapter.batch_files import BatchFiles, BatchInfo
 from actors.adapter.endpoints import SENDERS
 from actors.adapter.executor import AdapterStats, TaskExecutor
 from actors.adapter.process_gc import tune_for_many_open_requests
@@ -78,9 +79,10 @@ class Adapter:
         self._connection = Connection(endpoint, max_connections=max_in_flight)
         self._limiter = limit.build(self.name) if limit is not None else NoLimit()
         self._executor = TaskExecutor(
-            self._connection, self._limiter, retry or RetryPolicy(), prices or PriceTable.default(), max_in_flight=max_in_flight
+            self._connection, self._limiter, retry or RetryPolicy(), prices or PriceTable.default(), max_in_flight=max_in_flight, name=self.name
         )
         self._table = TaskTable(self.name, self._executor.execute, self._executor.never_started, ttl_s=result_ttl_s)
+        self._batch_files = BatchFiles(self._connection.client, retry or RetryPolicy())
         self._batch_positions: dict[str, tuple[int, int]] = {}  # task id -> (batch tag, position)
 
     def __repr__(self) -> str:
@@ -186,6 +188,34 @@ class Adapter:
                 for task_id, _ in started:
                     self._batch_positions.pop(task_id, None)
 
+    async def batch_upload_part(self, upload: str, data: bytes) -> None:
+        """Batch API: append a part of the input file ``upload`` names (32 hex digits) to its
+        scratch copy on this node; the driver sends a file in parts, in order."""
+        await self._batch_files.add_part(upload, data)
+
+    async def batch_upload(self, upload: str, filename: str) -> str:
+        """Batch API: send the parts received for ``upload`` as one file (purpose ``batch``); its id."""
+        return await self._batch_files.upload(upload, filename)
+
+    async def batch_submit(self, input_file_id: str, endpoint: str, metadata: dict[str, str], since: int) -> BatchInfo:
+        """Batch API: the batch of an uploaded file, found if one was created since ``since``
+        (Unix seconds), else created: a submission is never made twice."""
+        return await self._batch_files.submit(input_file_id, endpoint, metadata, since)
+
+    async def batch_retrieve(self, batch_id: str) -> BatchInfo:
+        return await self._batch_files.retrieve(batch_id)
+
+    async def batch_download(self, download: str, file_id: str) -> None:
+        """Batch API: start fetching a file's content into a scratch copy ``download`` (32 hex digits) names."""
+        await self._batch_files.start_download(download, file_id)
+
+    async def batch_download_part(self, download: str, offset: int) -> bytes:
+        """Batch API: the fetched content from ``offset``, as much as has come; b"" at its end."""
+        return await self._batch_files.read_download(download, offset)
+
+    async def batch_download_end(self, download: str) -> None:
+        await self._batch_files.end_download(download)
+
     async def stats(self) -> AdapterStats:
         return self._executor.stats.model_copy()
 
@@ -198,7 +228,7 @@ class Adapter:
             in_flight=self._table.in_flight,
             running=self._table.running,
             max_in_flight=self._executor.max_in_flight,
-            capabilities=sorted(SENDERS) + ["cancel", "stream"],
+            capabilities=sorted(SENDERS) + ["batch", "cancel", "stream"],
             node=ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
         )
 
@@ -207,6 +237,7 @@ class Adapter:
         await self._table.cancel_all()
         await self._limiter.close()
         await self._connection.close()
+        self._batch_files.close()
 
     def _prepare(self, task: TaskInput) -> AnyTask:
         """The validated task, with this adapter's model unless the task names one."""

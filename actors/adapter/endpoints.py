@@ -1,8 +1,9 @@
 """One function per OpenAI endpoint: turn a task into a request and the answer into a Reply.
 
 Plain requests go through ``Connection.post_json`` and their answers are read as dicts
-(the Batch output wants the body as JSON anyway); streamed chat uses the SDK's typed
-streaming. Either way, failures are the SDK's exceptions.
+(the Batch output wants the body as JSON anyway) by ``READERS``, which also read the bodies
+of a Batch API output file; streamed chat uses the SDK's typed streaming. Either way,
+failures are the SDK's exceptions.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ async def send_chat(connection: Connection, task: ChatTask, on_delta: OnDelta) -
     if task.stream:
         return await _stream_chat(connection, task, on_delta)
     body, headers = await _post(connection, "/chat/completions", task)
+    return read_chat(body, headers, task.model)
+
+
+def read_chat(body: dict[str, Any], headers: Mapping[str, str], model: str) -> Reply:
     choice = body["choices"][0] if body.get("choices") else {}
     usage = body.get("usage") or {}
     return Reply(
@@ -56,7 +61,7 @@ async def send_chat(connection: Connection, task: ChatTask, on_delta: OnDelta) -
             completion_tokens=usage.get("completion_tokens", 0),
             cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0,
         ),
-        model=body.get("model", task.model),
+        model=body.get("model", model),
         request_id=headers.get("x-request-id"),
         headers=headers,
         body=body,
@@ -99,6 +104,10 @@ async def _stream_chat(connection: Connection, task: ChatTask, on_delta: OnDelta
 
 async def send_responses(connection: Connection, task: ResponsesTask, on_delta: OnDelta) -> Reply:
     body, headers = await _post(connection, "/responses", task)
+    return read_response(body, headers, task.model)
+
+
+def read_response(body: dict[str, Any], headers: Mapping[str, str], model: str) -> Reply:
     usage = body.get("usage") or {}
     return Reply(
         text=_output_text(body),
@@ -108,7 +117,7 @@ async def send_responses(connection: Connection, task: ResponsesTask, on_delta: 
             completion_tokens=usage.get("output_tokens", 0),
             cached_tokens=(usage.get("input_tokens_details") or {}).get("cached_tokens") or 0,
         ),
-        model=body.get("model", task.model),
+        model=body.get("model", model),
         request_id=headers.get("x-request-id"),
         headers=headers,
         body=body,
@@ -128,11 +137,15 @@ def _output_text(body: dict[str, Any]) -> str:
 
 async def send_embeddings(connection: Connection, task: EmbeddingTask, on_delta: OnDelta) -> Reply:
     body, headers = await _post(connection, "/embeddings", task)
+    return read_embeddings(body, headers, task.model)
+
+
+def read_embeddings(body: dict[str, Any], headers: Mapping[str, str], model: str) -> Reply:
     return Reply(
         text=None,
         finish_reason=None,
         usage=Usage(prompt_tokens=(body.get("usage") or {}).get("prompt_tokens", 0)),
-        model=body.get("model", task.model),
+        model=body.get("model", model),
         request_id=headers.get("x-request-id"),
         headers=headers,
         body=body,
@@ -141,3 +154,7 @@ async def send_embeddings(connection: Connection, task: EmbeddingTask, on_delta:
 
 Sender = Callable[[Connection, Any, OnDelta], Awaitable[Reply]]
 SENDERS: dict[str, Sender] = {"chat": send_chat, "responses": send_responses, "embeddings": send_embeddings}
+Reader = Callable[[dict[str, Any], Mapping[str, str], str], Reply]
+READERS: dict[str, Reader] = {"chat": read_chat, "responses": read_response, "embeddings": read_embeddings}
+"""An answer's body read into a Reply, by request kind (``model``: the task's, when the body names none):
+the same reading for a body the adapter received and one a Batch API output file holds."""

@@ -34,6 +34,7 @@ from actors.errors import ScopeStopped, TaskError
 from actors.models import TaskResult, TaskStatus, Usage
 from actors.ratelimit.limiter import Limiter
 from actors.ratelimit.protocol import RateLimited
+from actors.telemetry import AdapterMetrics
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,10 @@ class AdapterStats(BaseModel):
 class TaskExecutor:
     """Runs task records against one connection under one limiter and retry policy."""
 
-    def __init__(self, connection: Connection, limiter: Limiter, retry: RetryPolicy, prices: PriceTable, *, max_in_flight: int) -> None:
+    def __init__(
+        self, connection: Connection, limiter: Limiter, retry: RetryPolicy, prices: PriceTable, *, max_in_flight: int, name: str = "adapter"
+    ) -> None:
+        """``name``: the adapter's, which its in-flight gauge is tagged with."""
         self._connection = connection
         self._limiter = limiter
         self._retry = retry
@@ -79,6 +83,7 @@ class TaskExecutor:
         """The failure the last requests in a row ended with, and how many (see STOP_AFTER)."""
         self.max_in_flight = max_in_flight
         self.stats = AdapterStats()
+        self._metrics = AdapterMetrics(name)
 
     async def execute(self, record: TaskRecord) -> None:
         """Wait for a slot, then run the task; it always ends with ``record.result`` set,
@@ -87,6 +92,7 @@ class TaskExecutor:
         try:
             async with self._slots:
                 started = time.monotonic()
+                self._metrics.sending()
                 record.status = TaskStatus.RUNNING
                 reply = await self._send(record)
         except asyncio.CancelledError:
@@ -136,11 +142,14 @@ class TaskExecutor:
         async with attempt_under(self._limiter, task) as limited:  # waits for the rate limit
             record.attempts += 1
             self.stats.requests += 1
-            self.stats.retries += record.attempts > 1
+            if record.attempts > 1:
+                self.stats.retries += 1
+                self._metrics.retried(task.model)
             try:
                 reply = await SENDERS[task.kind](self._connection, task, _delta_sink(record))
             except openai.RateLimitError as error:
                 self.stats.rate_limited += 1
+                self._metrics.rate_limited(task.model)
                 if is_fatal_quota(error):
                     log.error("%s: insufficient_quota: the account has no credit left; not retrying", task.custom_id)
                 raise
@@ -174,6 +183,7 @@ class TaskExecutor:
         else:
             status = TaskStatus.CANCELLED if error is not None and error.code == "cancelled" else TaskStatus.FAILED
         usage = reply.usage if reply else Usage()
+        latency_s = None if started is None else time.monotonic() - started
         record.result = TaskResult(
             custom_id=task.custom_id,
             status=status,
@@ -184,7 +194,7 @@ class TaskExecutor:
             cost_usd=self._prices.cost(reply.model, usage) if reply else 0.0,
             model=reply.model if reply else task.model,
             attempts=record.attempts,
-            latency_s=0.0 if started is None else time.monotonic() - started,
+            latency_s=latency_s or 0.0,
             request_id=reply.request_id if reply else None,
             error=error,
         )
@@ -192,6 +202,7 @@ class TaskExecutor:
         if record.deltas is not None:
             record.deltas.put_nowait(None)
         self.stats.count(record.result)
+        self._metrics.finished(task.model, record.result, latency_s)
 
 
 def _delta_sink(record: TaskRecord) -> OnDelta:

@@ -81,7 +81,7 @@ class Connection:
         except (aiohttp.ClientError, OSError) as err:
             raise openai.APIConnectionError(message=f"{type(err).__name__}: {err}", request=httpx2.Request("POST", url)) from err
         if status >= 300:
-            raise _status_error(url, status, response_headers, content)
+            raise status_error(url, status, response_headers, content)
         return json.loads(content), response_headers
 
     async def close(self) -> None:
@@ -152,7 +152,7 @@ def _too_large(url: str, limit: int) -> ResponseTooLarge:
     return ResponseTooLarge(f"the answer is larger than {limit} bytes; not read", httpx2.Request("POST", url), body=None)
 
 
-def _status_error(url: str, status: int, headers: Mapping[str, str], content: bytes) -> openai.APIStatusError:
+def status_error(url: str, status: int, headers: Mapping[str, str], content: bytes) -> openai.APIStatusError:
     """The exception the SDK itself would raise for this answer."""
     response = httpx2.Response(status, headers=list(headers.items()), content=content, request=httpx2.Request("POST", url))
     try:

@@ -93,12 +93,14 @@ class CoordinatedLimiter(Limiter):
         *,
         client: str,
         adapters: int,
+        run: str | None = None,
         limits: Limits | None = None,
         policy: LeasePolicy | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
         self._link = link
         self._client = client
+        self._run = run
         self._adapters = adapters
         self._limits = limits or Limits()
         self._policy = policy or LeasePolicy()
@@ -174,7 +176,8 @@ class CoordinatedLimiter(Limiter):
             self._apply(notice)
 
     async def close(self) -> None:
-        """Stop background work and give back what the pool still holds."""
+        """Stop background work, give back what the pool still holds, and tell the
+        coordinator this adapter is leaving (its run's limits stop counting with it)."""
         self._closed = True
         for handle in (self._expiry, self._resume):
             if handle is not None:
@@ -185,7 +188,7 @@ class CoordinatedLimiter(Limiter):
         if tasks:
             await asyncio.wait(tasks)
         self._expire()
-        await self._send_reports(self._log.outgoing(self._clock()))
+        await self._send_reports(self._log.outgoing(self._clock(), leaving=True))
 
     # -- spending ---------------------------------------------------------------------
 
@@ -314,6 +317,7 @@ class CoordinatedLimiter(Limiter):
         first_tokens, _ = _ask(self._pool.tokens, waiting[0].tokens if waiting else 0, 0)
         return LeaseRequest(
             client=self._client,
+            run=self._run,
             reports=self._log.outgoing(now),
             need_requests=need_requests,
             need_tokens=need_tokens,

@@ -16,31 +16,47 @@ over (a minute's burst at once, or the limit metered per second): from remaining
 in the headers, or, when a 429 arrives although the headers said there was room, by
 halving the burst; the bucket holds that window and leases are small beside it. Capacity leased but never reported back counts as spent,
 so a lost adapter can only make the scope slower, never faster than its limit.
+
+Runs share a scope (``join``): it keeps to the lowest limits the runs using it gave, so a
+second run can lower a running one's limits, and is told so, but never raise them; when
+the run that gave them leaves, the others' apply again. A coordinator nobody has called for
+``LeasePolicy.idle_expiry_s`` exits; whoever needs the scope next creates it again
+(``LimitScope.coordinator``), adapters of a run included.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import hashlib
+import logging
 import time
 import uuid
 import warnings
 from collections import deque
+from collections.abc import Callable, Iterator
 from typing import Any
 from dataclasses import dataclass
 
 import ray
+from pydantic import Field
 from ray.actor import ActorHandle
+from ray.exceptions import AsyncioActorExit, RayActorError
 
 from actors.errors import ScopeStopped, TaskError
 from actors.ratelimit.bucket import Clock
 from actors.ratelimit.budget import RateBudget
 from actors.ratelimit.headers import Observation
-from actors.ratelimit.limits import Limits
-from actors.ratelimit.protocol import CoordinatorSnapshot, Lease, LeasePolicy, LeaseRequest, Notice, RateLimited, Report
+from actors.ratelimit.limits import FrozenModel, Limits
+from actors.ratelimit.protocol import CoordinatorSnapshot, Joined, Lease, LeasePolicy, LeaseRequest, Notice, RateLimited, Report
+from actors.telemetry import GAUGE_REFRESH_S, ScopeMetrics
+
+log = logging.getLogger(__name__)
 
 NAMESPACE = "rayfan"
 """Named coordinators live here, so every job on the cluster finds the same one."""
+SCOPE_NAME_PREFIX = "rayfan-limits-"
 WATCH_TIMEOUT_S = 30.0
 """A watch answers at least this often, so watches of adapters that died do not pile up."""
 ACTIVE_S = 60.0
@@ -59,12 +75,14 @@ SHRINK_SETTLE_S = 5.0
 """After halving the burst, 429s of requests granted before it are not a reason to halve again."""
 MAX_CONCURRENCY = 10_000
 """Calls one coordinator serves at once: each adapter parks one watch and one lease."""
+JOIN_ATTEMPTS = 3
+"""A coordinator found just as it expires is gone when asked: a fresh one is made and asked."""
 
 
 def scope_name(endpoint: str, api_key: str, model: str) -> str:
     """A stable actor name for the scope that reveals nothing about the key."""
     digest = hashlib.sha256(f"{endpoint}|{api_key}|{model}".encode()).hexdigest()[:16]
-    return f"rayfan-limits-{digest}"
+    return f"{SCOPE_NAME_PREFIX}{digest}"
 
 
 @dataclass
@@ -74,6 +92,14 @@ class _Held:
     requests: int = 0
     tokens: int = 0
     expires_at: float = 0.0
+
+
+@dataclass
+class _Run:
+    """A run that joined the scope, and the limits it gave."""
+
+    limits: Limits
+    joined_at: float
 
 
 class Coordinator:
@@ -89,7 +115,10 @@ class Coordinator:
         policy: LeasePolicy | None = None,
         clock: Clock = time.monotonic,
         restarted: bool = False,
+        on_idle: Callable[[], None] | None = None,
     ) -> None:
+        """``on_idle`` is called once nobody has called for ``policy.idle_expiry_s`` (the
+        actor exits there); without it the coordinator lives as long as its owner."""
         self._scope, self._endpoint, self._model = scope, endpoint, model
         self._given = limits or Limits()
         self._learned = Limits()
@@ -121,13 +150,29 @@ class Coordinator:
         self._created_at = clock()
         self._window: deque[tuple[float, int, int]] = deque()
         self._sent = self._reserved = self._used = 0
+        self._runs: dict[str, _Run] = {}
+        self._client_run: dict[str, str] = {}
+        self._on_idle = on_idle
+        self._active_at = clock()
+        self._open_calls = 0
+        self._expiry: asyncio.TimerHandle | None = None
+        self._metrics = ScopeMetrics(scope, model)
+        self._metrics.limits(self._limits.rpm, self._limits.tpm)
+        self._metrics.stopped(False)
 
     # -- remote API -------------------------------------------------------------------
 
     async def lease(self, request: LeaseRequest) -> Lease:
         """Apply the report, then wait (FIFO, behind any pause) for a slice of the budget."""
+        with self._call_open():
+            return await self._lease(request)
+
+    async def _lease(self, request: LeaseRequest) -> Lease:
         self._calls += 1
+        if request.run is not None:
+            self._client_run[request.client] = request.run
         self._apply(request.client, request.reports)
+        self._refresh_given(self._clock())
         wanted = max(request.need_requests, request.want_requests, request.need_tokens, request.want_tokens) > 0
         if not wanted or self._stopped is not None:
             return Lease(requests=0, tokens=0, ttl_s=self._policy.ttl_s, notice=self._notice())
@@ -152,6 +197,7 @@ class Coordinator:
     async def report(self, client: str, reports: list[Report]) -> Notice:
         """Take reports that cannot wait for the next lease (a 429, capacity back from an idle adapter)."""
         self._calls += 1
+        self._touch()
         self._apply(client, reports)
         return self._notice()
 
@@ -161,15 +207,37 @@ class Coordinator:
         A caller that knew another incarnation is answered at once: it is reconnecting.
         """
         self._last_seen[client] = self._clock()
-        if incarnation == self._incarnation and epoch >= self._epoch:
-            if self._changed is None:
-                self._changed = asyncio.get_running_loop().create_future()
-            await asyncio.wait({self._changed}, timeout=WATCH_TIMEOUT_S)
+        with self._call_open():
+            if incarnation == self._incarnation and epoch >= self._epoch:
+                if self._changed is None:
+                    self._changed = asyncio.get_running_loop().create_future()
+                await asyncio.wait({self._changed}, timeout=WATCH_TIMEOUT_S)
         self._calls += 1
         return self._notice()
 
+    async def join(self, run: str, limits: Limits) -> Joined:
+        """Run ``run`` starts on the scope with the limits it was given (its driver calls
+        this before its adapters start); a scope an earlier run stopped is reopened.
+
+        The scope keeps to the lowest given limits, per dimension, of the runs using it: a
+        run alone sets them; a run joining others can lower them, never raise them; when a
+        run leaves (its adapters close, or fall silent for ``ACTIVE_S``) the others' apply
+        again. Adapters of no known run (their coordinator was restarted, or they were
+        built without a run) hold the limits in force until they leave.
+        """
+        now = self._clock()
+        self._touch()
+        await self.reopen()
+        self._refresh_given(now)
+        before = self._given
+        runs, anonymous = self._users(now)
+        self._runs[run] = _Run(limits=limits, joined_at=now)
+        self._refresh_given(now)
+        return Joined(before=before, given=self._given, others=len(runs) + anonymous)
+
     async def configure(self, limits: Limits) -> None:
-        """Set the given limits (``--rpm``/``--tpm``); a dimension left ``None`` keeps its value."""
+        """Set the given limits by hand; a dimension left ``None`` keeps its value. Runs that
+        joined (``join``) set them again with their own as they use the scope."""
         self._given = Limits(rpm=limits.rpm or self._given.rpm, tpm=limits.tpm or self._given.tpm)
         self._update_limits()
 
@@ -180,6 +248,7 @@ class Coordinator:
         if self._stopped is not None:
             self._stopped = None
             self._budget.reopen()
+            self._metrics.stopped(False)
             self._bump()
 
     async def snapshot(self) -> CoordinatorSnapshot:
@@ -213,6 +282,9 @@ class Coordinator:
             clients=self._clients(now),
             calls=self._calls,
             restarted=self._restarted,
+            runs=len(self._users(now)[0]),
+            idle_s=None if self._open_calls else now - self._active_at,
+            idle_expiry_s=self._policy.idle_expiry_s,
         )
 
     # -- reports ----------------------------------------------------------------------
@@ -227,6 +299,16 @@ class Coordinator:
             if report.seq not in applied:
                 applied.append(report.seq)
                 self._apply_one(client, report)
+        if any(report.leaving for report in reports):
+            self._leave(client, now)
+
+    def _leave(self, client: str, now: float) -> None:
+        """The adapter closed: it no longer counts towards the scope's users (its last
+        report gave back what it held)."""
+        self._last_seen.pop(client, None)
+        self._held.pop(client, None)
+        self._client_run.pop(client, None)
+        self._refresh_given(now)
 
     def _apply_one(self, client: str, report: Report) -> None:
         now = self._clock()
@@ -241,6 +323,7 @@ class Coordinator:
             self._used += report.used_tokens
             self._window.append((now, report.sent, report.used_tokens))
             self._trim_window(now)
+            self._metrics.reported(report.sent, report.reserved_tokens, report.used_tokens)
         if report.observation is not None:
             self._observe(report.observation)
         if report.rate_limited is not None:
@@ -268,14 +351,18 @@ class Coordinator:
 
     def _on_rate_limited(self, event: RateLimited) -> None:
         self._rate_limited += 1
+        self._metrics.rate_limited()
         if event.fatal is not None:
             self._stop(event.fatal)
             return
         if event.despite_room:
             self._shrink_burst()
+        now = self._clock()
         before = self._budget.paused_until
-        self._budget.pause_until(self._clock() + event.pause_s)
-        if self._budget.paused_until != before:
+        self._budget.pause_until(now + event.pause_s)
+        after = self._budget.paused_until
+        if after is not None and after != before:
+            self._metrics.paused(after - (now if before is None else before))
             self._bump()
 
     def _set_burst(self, window_s: float) -> None:
@@ -298,6 +385,7 @@ class Coordinator:
             return
         self._stopped = error
         self._budget.shut(lambda: ScopeStopped(error))
+        self._metrics.stopped(True)
         self._bump()
 
     def _update_limits(self) -> None:
@@ -305,6 +393,7 @@ class Coordinator:
         if limits != self._limits:
             self._limits = limits
             self._budget.set_limits(rpm=limits.rpm, tpm=limits.tpm)
+            self._metrics.limits(limits.rpm, limits.tpm)
             self._bump()
 
     # -- leasing ----------------------------------------------------------------------
@@ -377,38 +466,179 @@ class Coordinator:
             del self._last_seen[client]
             self._held.pop(client, None)
             self._applied.pop(client, None)
+            self._client_run.pop(client, None)
 
     def _trim_window(self, now: float) -> None:
         while self._window and self._window[0][0] <= now - RATE_WINDOW_S:
             self._window.popleft()
 
+    # -- runs sharing the scope -------------------------------------------------------
+
+    def _users(self, now: float) -> tuple[list[str], bool]:
+        """The runs using the scope (joined, or an adapter heard from, within ``ACTIVE_S``),
+        and whether adapters of no known run are using it too."""
+        seen = {self._client_run.get(client) for client, at in self._last_seen.items() if at > now - ACTIVE_S}
+        runs = [run for run, entry in self._runs.items() if run in seen or entry.joined_at > now - ACTIVE_S]
+        return runs, any(run is None or run not in self._runs for run in seen)
+
+    def _refresh_given(self, now: float) -> None:
+        """Given limits: the lowest the runs using the scope gave, and those in force while
+        adapters of no known run use it. With no run left, the last ones stand."""
+        runs, anonymous = self._users(now)
+        for gone in self._runs.keys() - set(runs):
+            del self._runs[gone]
+        if runs:
+            given = [self._runs[run].limits for run in runs] + ([self._given] if anonymous else [])
+            self._given = functools.reduce(Limits.tightest, given)
+            self._update_limits()
+
+    # -- expiry -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _call_open(self) -> Iterator[None]:
+        """A call in progress (a parked watch, a lease waiting its turn) keeps the scope alive."""
+        self._open_calls += 1
+        try:
+            yield
+        finally:
+            self._open_calls -= 1
+            self._touch()
+
+    def _touch(self) -> None:
+        """Somebody called: the idle time starts again (and the timer, on the first call)."""
+        self._active_at = self._clock()
+        if self._expiry is None and self._on_idle is not None:
+            self._arm_expiry()
+
+    def _arm_expiry(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = self._active_at + self._policy.idle_expiry_s - self._clock()
+        self._expiry = loop.call_at(loop.time() + delay, self._check_idle)
+
+    def _check_idle(self) -> None:
+        """Expire if nobody called since; a call still open re-arms the timer as it ends."""
+        self._expiry = None
+        if self._open_calls or self._on_idle is None:
+            return
+        if self._clock() >= self._active_at + self._policy.idle_expiry_s:
+            self._on_idle()
+        else:
+            self._arm_expiry()
+
 
 class _CoordinatorActor(Coordinator):
-    """The coordinator inside Ray: knows when Ray restarted it, and then starts empty."""
+    """The coordinator inside Ray: knows when Ray restarted it, and then starts empty; exits
+    when idle; keeps its gauges visible. Ray runs an async actor's ``__init__`` on its event
+    loop, so the timers start here, and a coordinator nobody ever calls expires too."""
 
     def __init__(self, *, scope: str, endpoint: str, model: str, limits: Limits, policy: LeasePolicy) -> None:
         with warnings.catch_warnings():  # Ray's own property trips its own deprecation of actor_id
             warnings.simplefilter("ignore", DeprecationWarning)
             restarted = ray.get_runtime_context().was_current_actor_reconstructed
-        super().__init__(scope=scope, endpoint=endpoint, model=model, limits=limits, policy=policy, restarted=restarted)
+        super().__init__(
+            scope=scope, endpoint=endpoint, model=model, limits=limits, policy=policy, restarted=restarted, on_idle=self._exit_idle
+        )
+        with contextlib.suppress(RuntimeError):  # no loop yet (another Ray version): the first call starts it
+            self._touch()
+            self._refresh_gauges()
+
+    def _refresh_gauges(self) -> None:
+        self._metrics.refresh()
+        asyncio.get_running_loop().call_later(GAUGE_REFRESH_S, self._refresh_gauges)
+
+    def _exit_idle(self) -> None:
+        """Leave the cluster; Ray frees the name, so the next caller creates a fresh
+        coordinator. ``exit_actor`` raises to unwind an actor method: a timer has none."""
+        log.info("%s (%s, %s): no calls for %.0f s; exiting", self._scope, self._endpoint, self._model, self._policy.idle_expiry_s)
+        try:
+            ray.actor.exit_actor()  # type: ignore[no-untyped-call]  # Ray leaves it unannotated
+        except AsyncioActorExit:
+            pass
 
 
 RateLimitCoordinator = ray.remote(max_restarts=-1, max_concurrency=MAX_CONCURRENCY, num_cpus=0)(_CoordinatorActor)  # type: ignore[call-overload]  # Ray's stubs omit max_concurrency
 
 
+class LimitScope(FrozenModel):
+    """A scope's coordinator as a recipe: its name and what it is created with, so whoever
+    needs the scope (a driver, an adapter whose coordinator expired) finds it or makes it."""
+
+    name: str
+    """``scope_name(...)``: a hash, never the key."""
+    endpoint: str
+    model: str
+    limits: Limits = Field(default_factory=Limits)
+    policy: LeasePolicy = Field(default_factory=LeasePolicy)
+
+    @classmethod
+    def of(cls, endpoint: str, api_key: str, model: str, *, limits: Limits | None = None, policy: LeasePolicy | None = None) -> LimitScope:
+        return cls(
+            name=scope_name(endpoint, api_key, model), endpoint=endpoint, model=model, limits=limits or Limits(), policy=policy or LeasePolicy()
+        )
+
+    def coordinator(self) -> ActorHandle[Any]:
+        """The scope's coordinator, created if none runs. Detached, so it outlives the job
+        that created it and other jobs on the cluster share it (until it expires)."""
+        handle: ActorHandle[Any] = RateLimitCoordinator.options(
+            name=self.name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached"
+        ).remote(scope=self.name, endpoint=self.endpoint, model=self.model, limits=self.limits, policy=self.policy)
+        return handle
+
+
+def new_run() -> str:
+    """An id for one run on a scope: random, so it says nothing about who runs it."""
+    return uuid.uuid4().hex[:12]
+
+
+def join_scope(scope: LimitScope, run: str) -> ActorHandle[Any]:
+    """``run`` joins ``scope`` with its limits (``Coordinator.join``): the coordinator,
+    created on first use. When another run shares the scope and the limits in force are
+    not the ones this run gave, or it lowered the other's, one warning line says so."""
+    for attempt in range(1, JOIN_ATTEMPTS + 1):
+        handle = scope.coordinator()
+        answer: ray.ObjectRef[Joined] = handle.join.remote(run, scope.limits)
+        try:
+            joined = ray.get(answer)
+        except RayActorError:  # it expired between being found and being asked
+            if attempt == JOIN_ATTEMPTS:
+                raise
+            continue
+        note = sharing_note(scope.limits, joined)
+        if note is not None:
+            log.warning("%s", note)
+        return handle
+    raise AssertionError("the loop returns or raises")
+
+
 def coordinator_for(
     endpoint: str, api_key: str, model: str, *, limits: Limits | None = None, policy: LeasePolicy | None = None
 ) -> ActorHandle[Any]:
-    """The scope's coordinator, created on first use; later callers get the same actor.
+    """The scope's coordinator, created on first use, joined as a new run with ``limits``
+    (see ``Coordinator.join`` for how runs sharing a scope combine theirs); a scope an
+    earlier run stopped is reopened. ``CoordinatedLimitSpec.shared`` also tells the
+    adapters their run, so the coordinator knows when it leaves."""
+    return join_scope(LimitScope.of(endpoint, api_key, model, limits=limits, policy=policy), new_run())
 
-    Detached, so it outlives the job that created it and other jobs on the cluster share
-    it. Limits given here are applied to an existing coordinator too, and a scope an earlier
-    run stopped is reopened.
-    """
-    name = scope_name(endpoint, api_key, model)
-    limits = limits or Limits()
-    handle: ActorHandle[Any] = RateLimitCoordinator.options(
-        name=name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached"
-    ).remote(scope=name, endpoint=endpoint, model=model, limits=limits, policy=policy or LeasePolicy())
-    ray.get([handle.reopen.remote(), *([handle.configure.remote(limits)] if limits.known else [])])
-    return handle
+
+def sharing_note(gave: Limits, joined: Joined) -> str | None:
+    """The warning for a run that shares its scope, or None when its limits are the ones in
+    force and it changed nobody else's."""
+    if not joined.others:
+        return None
+    changes: list[str] = []
+    for dimension in ("rpm", "tpm"):
+        mine, before, now = getattr(gave, dimension), getattr(joined.before, dimension), getattr(joined.given, dimension)
+        if mine is None:
+            continue
+        if now is not None and now < mine:
+            changes.append(f"the scope keeps to {dimension.upper()} {now:,}, not your {mine:,}")
+        elif before is None or mine < before:
+            was = "it gave none" if before is None else f"was {before:,}"
+            changes.append(f"your {dimension.upper()} {mine:,} now holds the other runs too ({was})")
+    if not changes:
+        return None
+    runs = f"{joined.others} other run{'s' if joined.others > 1 else ''}"
+    return (
+        f"this rate-limit scope is shared with {runs}: {'; '.join(changes)}."
+        " Runs sharing a scope keep to the lowest limits given, until the run that gave them ends."
+    )

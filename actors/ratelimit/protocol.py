@@ -3,9 +3,13 @@
 Every value that crosses the actor boundary is one of these pydantic models, so a field
 never goes missing on the way. The flow, per adapter:
 
-    LeaseRequest(reports, need, want) ─► coordinator.lease ──► Lease(requests, tokens, ttl, notice)
+    LeaseRequest(run, reports, need, want) ► coordinator.lease ► Lease(requests, tokens, ttl, notice)
     [Report(429 or insufficient_quota)] ► coordinator.report ─► Notice
     coordinator.watch(epoch) ─────────────────────────────────► Notice (pause, stop, new limits)
+    [Report(leaving)] on close ─────────► coordinator.report ─► Notice
+
+and per run, from its driver before its adapters start: ``coordinator.join(run, limits)``
+► ``Joined`` (the limits the scope keeps to, and whether another run shares it).
 
 A ``Report`` carries what the adapter has to tell since its last report (capacity given
 back or spent on its own, usage, the latest ``x-ratelimit-*`` headers), so it rides along
@@ -43,6 +47,10 @@ class LeasePolicy(FrozenModel):
     capacity our bucket would be ahead of the server's by the time a request takes."""
     reconnect_s: float = Field(default=1.0, gt=0)
     """First wait before asking an unreachable coordinator again; doubles up to 8x."""
+    idle_expiry_s: float = Field(default=900.0, gt=0)
+    """A coordinator nobody has called for this long exits (``coordinator_for`` or an
+    adapter that needs it again creates a fresh one), so a cluster does not keep one actor
+    for every scope it ever served. An adapter's parked watch keeps it alive."""
     initial_burst_s: float = Field(default=1.0, gt=0, le=60)
     """The enforcement window assumed until the server's headers tell it: OpenAI may meter a
     per-minute limit per second, and a minute's burst sent to such a server comes back as
@@ -79,6 +87,8 @@ class Report(FrozenModel):
     used_tokens: int = 0
     observation: Observation | None = None
     rate_limited: RateLimited | None = None
+    leaving: bool = False
+    """The adapter is closing: it no longer uses the scope, so its run's limits stop counting."""
 
 
 class LeaseRequest(FrozenModel):
@@ -91,6 +101,9 @@ class LeaseRequest(FrozenModel):
     """
 
     client: str
+    run: str | None = None
+    """The run (its ``join``) the adapter belongs to: that run's limits count while its
+    adapters use the scope. None: a client the coordinator cannot tell the limits of."""
     reports: list[Report] = Field(default_factory=list)
     need_requests: int = Field(default=0, ge=0)
     need_tokens: int = Field(default=0, ge=0)
@@ -121,6 +134,18 @@ class Lease(FrozenModel):
     probe: bool = False
     """No limit is known yet: this one request's answer will tell, so ask again only
     after it is settled."""
+
+
+class Joined(FrozenModel):
+    """What a run joining a scope is told (see ``Coordinator.join``)."""
+
+    before: Limits
+    """The given limits the scope kept to before this run joined."""
+    given: Limits
+    """The given limits it keeps to now, for every run on it."""
+    others: int = Field(ge=0)
+    """Other runs using the scope (joined, or their adapters heard from, in the last minute;
+    adapters of no known run count as one); 0: the scope is this run's alone."""
 
 
 class CoordinatorSnapshot(FrozenModel):
@@ -155,3 +180,8 @@ class CoordinatorSnapshot(FrozenModel):
     calls: int
     """Calls served: leases, reports and watch answers."""
     restarted: bool
+    runs: int
+    """Runs that joined and still use the scope (their adapters heard from in the last minute)."""
+    idle_s: float | None
+    """How long nobody has called (None: a call is open now); at ``idle_expiry_s`` it exits."""
+    idle_expiry_s: float

@@ -33,7 +33,7 @@ class Pending:
     def empty(self) -> bool:
         return not (self.returned_requests or self.returned_tokens or self.sent or self.used or self.headers is not None)
 
-    def take(self, seq: int, now: float, rate_limited: RateLimited | None = None) -> Report:
+    def take(self, seq: int, now: float, rate_limited: RateLimited | None = None, leaving: bool = False) -> Report:
         observation = None
         if self.headers is not None:
             observation = Observation.from_headers(self.headers, age_s=now - self.headers_at)
@@ -46,6 +46,7 @@ class Pending:
             used_tokens=self.used,
             observation=observation,
             rate_limited=rate_limited,
+            leaving=leaving,
         )
         self.returned_requests = self.returned_tokens = self.sent = self.reserved = self.used = 0
         self.headers = None
@@ -61,10 +62,11 @@ class ReportLog:
         self._seq = itertools.count()
         self._unacked: list[Report] = []
 
-    def outgoing(self, now: float, rate_limited: RateLimited | None = None) -> list[Report]:
-        """Reports not yet acknowledged, plus one for what is pending now (if anything)."""
-        if rate_limited is not None or not self.pending.empty():
-            self._unacked.append(self.pending.take(next(self._seq), now, rate_limited))
+    def outgoing(self, now: float, rate_limited: RateLimited | None = None, *, leaving: bool = False) -> list[Report]:
+        """Reports not yet acknowledged, plus one for what is pending now (if anything, or
+        if it says the adapter is leaving)."""
+        if rate_limited is not None or leaving or not self.pending.empty():
+            self._unacked.append(self.pending.take(next(self._seq), now, rate_limited, leaving))
         return list(self._unacked)
 
     def acked(self, reports: list[Report]) -> None:

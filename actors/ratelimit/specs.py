@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray.actor import ActorHandle
 
 from actors.ratelimit.coordinated import CoordinatedLimiter
+from actors.ratelimit.coordinator import LimitScope, join_scope, new_run
 from actors.ratelimit.limiter import Limiter, LocalLimiter
 from actors.ratelimit.limits import Limits
 from actors.ratelimit.link import RayLink
@@ -50,6 +51,17 @@ class CoordinatedLimitSpec(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     """Limits known before the first lease (the fallback share's base until a lease says more)."""
     policy: LeasePolicy = Field(default_factory=LeasePolicy)
+    run: str | None = None
+    """The run these adapters belong to (``join_scope``), so the coordinator knows whose limits count."""
+    scope: LimitScope | None = None
+    """How to find the coordinator again, or create it, should it expire while the adapters live."""
+
+    @classmethod
+    def shared(cls, scope: LimitScope, *, adapters: int) -> CoordinatedLimitSpec:
+        """Join ``scope`` as a new run and share its coordinator between ``adapters`` adapters,
+        as ``rayfan run`` does."""
+        run = new_run()
+        return cls(coordinator=join_scope(scope, run), adapters=adapters, limits=scope.limits, policy=scope.policy, run=run, scope=scope)
 
     @field_validator("coordinator")
     @classmethod
@@ -60,9 +72,10 @@ class CoordinatedLimitSpec(BaseModel):
 
     def build(self, client: str) -> Limiter:
         return CoordinatedLimiter(
-            RayLink(self.coordinator),
+            RayLink(self.coordinator, find=None if self.scope is None else self.scope.coordinator),
             client=f"{client}-{uuid.uuid4().hex[:6]}",
             adapters=self.adapters,
+            run=self.run,
             limits=self.limits,
             policy=self.policy,
         )

@@ -29,8 +29,15 @@ Run ``python -m drivers.mock --port N [--latency S] [--rpm N] [--tpm N] [--rate-
 [--certfile PEM --keyfile PEM]`` to serve in the foreground, over HTTPS with a certificate
 (prints the base URL, stops on SIGINT/SIGTERM).
 
+The Batch API is there too: ``/v1/files`` (upload, read, content) and ``/v1/batches``
+(create, retrieve, cancel, list). A batch's lines are answered as the endpoints above answer
+them, directives included; ``MockConfig.batch`` sets when (a delay, a hold, the completion
+window after which it expires) and what it refuses (the API's limits, a full queue), and
+``MockServer.batches.submissions()`` lists every batch made and the requests it carried.
+
 Modules: ``server`` (config, request log, the app, the CLI), ``parsing`` (request bodies and
-directives), ``replies`` (response bodies), ``rate_limits`` (per-key limits and their 429s).
+directives), ``replies`` (response bodies), ``rate_limits`` (per-key limits and their 429s),
+``batches`` (files and batches).
 """
 
 from drivers.mock.server import MockConfig, MockServer, ReceivedRequest, main

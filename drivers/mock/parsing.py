@@ -165,6 +165,10 @@ def parse_embeddings(body: Body) -> Embedding:
     return Embedding(texts, encoding, _count_tokens(texts))
 
 
+PARSERS: dict[str, Parse] = {"/v1/chat/completions": parse_chat, "/v1/responses": parse_responses, "/v1/embeddings": parse_embeddings}
+"""How a request to each path is read (the Batch API's input lines name the path)."""
+
+
 # --- directives -----------------------------------------------------------------------------
 
 

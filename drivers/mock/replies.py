@@ -35,10 +35,14 @@ def _json(payload: object, headers: dict[str, str], status: int = 200) -> web.Re
     )
 
 
+def error_payload(message: str, *, type_: str, code: str | None = None, param: str | None = None) -> Body:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
 def error(
     status: int, message: str, headers: dict[str, str], *, type_: str, code: str | None = None, param: str | None = None
 ) -> web.Response:
-    return _json({"error": {"message": message, "type": type_, "param": param, "code": code}}, headers, status)
+    return _json(error_payload(message, type_=type_, code=code, param=param), headers, status)
 
 
 # --- bodies ---------------------------------------------------------------------------------
@@ -165,18 +169,22 @@ def _embedding_list(body: Body, job: Embedding) -> Body:
 # --- scripted faults ------------------------------------------------------------------------
 
 
-def scripted_error(directive: Directive, headers: dict[str, str]) -> web.Response:
+def scripted_error_payload(directive: Directive) -> Body:
     assert directive.status is not None
     type_, code = ERRORS[directive.status]
     code = directive.code or code
     if code == "insufficient_quota":
         type_ = "insufficient_quota"
+    return error_payload(f"Mock error {directive.status} (scripted by a [[mock]] directive).", type_=type_, code=code)
+
+
+def scripted_error(directive: Directive, headers: dict[str, str]) -> web.Response:
+    assert directive.status is not None
     if directive.retry_after is not None:
         headers["retry-after"] = f"{directive.retry_after:g}"
     if directive.retry_after_ms is not None:
         headers["retry-after-ms"] = f"{directive.retry_after_ms:g}"
-    message = f"Mock error {directive.status} (scripted by a [[mock]] directive)."
-    return error(directive.status, message, headers, type_=type_, code=code)
+    return _json(scripted_error_payload(directive), headers, directive.status)
 
 
 def invalid_json(stream: bool, headers: dict[str, str]) -> web.Response:
@@ -220,3 +228,10 @@ def _render_json(build: Callable[[Body, Any, int], Body]) -> Render:
 
 render_response = _render_json(_response_object)
 render_embeddings = _render_json(lambda body, job, _n: _embedding_list(body, job))
+
+BODIES: dict[str, Callable[[Body, Any, int], Body]] = {
+    "/v1/chat/completions": _chat_completion,
+    "/v1/responses": _response_object,
+    "/v1/embeddings": lambda body, job, _n: _embedding_list(body, job),
+}
+"""The 200 answer's body for a request to each path (the Batch API's output lines carry these)."""

@@ -14,6 +14,7 @@ import ssl
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from aiohttp import web
 
 from actors.adapter.process_gc import tune_for_many_open_requests
 from drivers.loop_thread import AppThread
+from drivers.mock.batches import MAX_UPLOAD_BYTES, MockBatchConfig, MockBatches
 from drivers.mock.parsing import (
     NO_DIRECTIVE,
     BadRequest,
@@ -82,6 +84,8 @@ class MockConfig(pydantic.BaseModel):
     server that hides its per-second metering does: only its 429s tell."""
     revoked_keys: frozenset[str] = frozenset()
     """API keys answered 401 ``invalid_api_key``, as a revoked key is (checked after the latency)."""
+    batch: MockBatchConfig = MockBatchConfig()
+    """The Batch API's timing, holds and limits (``drivers.mock.batches``)."""
 
 
 class ReceivedRequest(pydantic.BaseModel):
@@ -147,6 +151,8 @@ class MockServer(AppThread):
         self._ids = itertools.count(1)
         self._answering = 0
         self._peak_answering = 0
+        self.batches = MockBatches(lambda: self.config.batch, self._fault_applies, lambda: next(self._ids), lambda request: self._refused_key(request, {}))
+        """Files and batches; ``batches.submissions()`` lists every batch created."""
 
     # -- lifecycle (start/stop/with from LoopThread)
 
@@ -158,11 +164,12 @@ class MockServer(AppThread):
         return f"{scheme}://{self._public_host or self._host}:{self.port}/v1"
 
     def _app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(client_max_size=MAX_UPLOAD_BYTES)  # aiohttp's default, 1 MiB, is a small batch file
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/responses", self._responses)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
+        self.batches.add_routes(app)
         return app
 
     async def _open(self, *, backlog: int = _ACCEPT_BACKLOG, handler_cancellation: bool = True) -> None:
@@ -178,6 +185,7 @@ class MockServer(AppThread):
         """Validate and swap in a new config; in-flight requests keep the one they started with."""
         with self._lock:
             self.config = MockConfig.model_validate({**self.config.model_dump(), **changes})
+        self._on_loop(self.batches.changed)
 
     def requests(self) -> list[ReceivedRequest]:
         with self._lock:
@@ -195,6 +203,19 @@ class MockServer(AppThread):
             self._log.clear()
             self._seen.clear()
             self._limiter.clear()
+        self._on_loop(self.batches.clear)
+
+    def _on_loop(self, step: Callable[[], None]) -> None:
+        """Run ``step`` on the server's loop and wait for it (served in the foreground, there is
+        no other loop: it runs here)."""
+        if self._loop is None:
+            step()
+            return
+
+        async def run() -> None:
+            step()
+
+        self.call(run)
 
     # -- handlers
 
@@ -243,8 +264,8 @@ class MockServer(AppThread):
         latency = config.latency_s if directive.latency is None else directive.latency
         if latency:
             await asyncio.sleep(latency)
-        if config.revoked_keys and request.headers.get("Authorization", "").removeprefix("Bearer ") in config.revoked_keys:
-            return error(401, "Incorrect API key provided (revoked).", headers, type_="invalid_request_error", code="invalid_api_key")
+        if (refused := self._refused_key(request, headers)) is not None:
+            return refused
         if config.rpm_limit or config.tpm_limit:
             key = request.headers.get("Authorization", "")
             with self._lock:
@@ -255,6 +276,11 @@ class MockServer(AppThread):
         if directive.has_fault and self._fault_applies(request.path, body, directive):
             return await self._fault(request, body, directive, headers, entry)
         return await render(request, body, job, n, headers)
+
+    def _refused_key(self, request: web.Request, headers: dict[str, str]) -> web.Response | None:
+        if self.config.revoked_keys and request.headers.get("Authorization", "").removeprefix("Bearer ") in self.config.revoked_keys:
+            return error(401, "Incorrect API key provided (revoked).", headers, type_="invalid_request_error", code="invalid_api_key")
+        return None
 
     def _fault_applies(self, path: str, body: Body, directive: Directive) -> bool:
         if directive.times is None:
