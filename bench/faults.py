@@ -568,8 +568,8 @@ def _lose_node(b: Bench, name: str, requests: int, at: float, *, freeze: bool) -
     run.start()
 
     def pick(actors: list[dict]) -> list[dict]:
-        """This run's adapters on the worker node, once another runs elsewhere: with all of them
-        on the lost node the run would rest on Ray's restarts, which fail today (README)."""
+        """This run's adapters on the worker node, once another runs elsewhere (with two or
+        more, ``start_adapters`` puts them one per node)."""
         adapters = [a for a in actors if a["class"] == ADAPTER_CLASS]
         lost = [a for a in adapters if a["node"] == node_id]
         return lost if len(lost) < len(adapters) else []
@@ -592,7 +592,7 @@ def _lose_node(b: Bench, name: str, requests: int, at: float, *, freeze: bool) -
     coordinator = " (and the coordinator)" if on_node else ""
     run.notes.append(f"{what} the worker node with {len(victims)} of the {b.adapters} adapters{coordinator} at {lines_then} lines")
     try:
-        _follow_node_loss(run, node_id, {v["id"] for v in victims}, lost_at)
+        _follow_node_loss(run, node_id, {v["name"] for v in victims}, lost_at)
         run.finish()
     finally:
         if freeze:
@@ -631,8 +631,9 @@ def _signal_quietly(pid: int, sig: signal.Signals) -> None:
 
 
 def _follow_node_loss(run: Run, node_id: str, victims: set[str], lost_at: float) -> None:
-    """Polls the GCS while rayfan runs: when it marks the node dead, when each lost adapter is
-    alive again and on which node (into ``run.facts``, seconds after ``lost_at``)."""
+    """Polls the GCS while rayfan runs: when it marks the node dead, when each lost adapter
+    (by name) has a replacement alive (``NAME.1``) and on which node (into ``run.facts``,
+    seconds after ``lost_at``)."""
     b = run.bench
     node_dead_s: float | None = None
     back: dict[str, tuple[float, str]] = {}
@@ -641,16 +642,17 @@ def _follow_node_loss(run: Run, node_id: str, victims: set[str], lost_at: float)
         if node_dead_s is None and not b.nodes().get(node_id, False):
             node_dead_s = now
         for actor in b.actors():
-            if actor["id"] in victims and actor["id"] not in back and actor["state"] == "ALIVE" and actor["node"] != node_id:
-                back[actor["id"]] = (now, actor["node"])
+            replaces = actor["name"].partition(".")[0]
+            if replaces in victims and replaces not in back and actor["state"] == "ALIVE" and actor["node"] != node_id:
+                back[replaces] = (now, actor["node"])
         if now > b.timeout:
             break
         time.sleep(PROBE_S)
     run.facts["node_dead_s"] = node_dead_s
-    run.facts["restarted_s"] = max((t for t, _ in back.values()), default=None)
+    run.facts["replaced_s"] = max((t for t, _ in back.values()), default=None)
     run.facts["lost_adapters"] = len(victims)
-    run.facts["restarted"] = len(back)
-    run.facts["restarted_on_head"] = sum(node == b.head_node_id for _, node in back.values())
+    run.facts["replaced"] = len(back)
+    run.facts["replaced_on_head"] = sum(node == b.head_node_id for _, node in back.values())
 
 
 def _first_resend(log: list[dict], lost_at: float) -> float | None:
@@ -789,7 +791,7 @@ def print_table(rows: list[dict]) -> None:
             f"{row['kills']:>6}{exits:>10}{row['wall_s']:>8.1f}{ratio:>7}"
         )
     for row in rows:
-        facts = {k: row[k] for k in ("node_dead_s", "first_resend_s", "restarted_s", "restarted", "restarted_on_head", "coordinator_back_s") if k in row}
+        facts = {k: row[k] for k in ("node_dead_s", "first_resend_s", "replaced_s", "replaced", "replaced_on_head", "coordinator_back_s") if k in row}
         extra = [f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in facts.items()]
         if row["scenario"] == "coordinator_kill" and row.get("rate"):
             extra.append(f"rayfan: {row['rate']}")

@@ -18,13 +18,14 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import actors
 from actors.accounting.pricing import PriceTable
-from actors.adapter.actor import MAX_CONCURRENCY, OpenAIAdapter
+from actors.adapter.actor import MAX_CONCURRENCY
 from actors.adapter.retry import RetryPolicy
 from actors.adapter.settings import EndpointSettings
 from actors.errors import ConfigError
-from actors.ratelimit.coordinator import NAMESPACE, LimitScope, new_run
+from actors.ratelimit.coordinator import LimitScope, new_run
 from actors.ratelimit.limits import Limits
 from actors.ratelimit.specs import CoordinatedLimitSpec, LimitSpec
+from drivers.adapter_group import AdapterGroup, AdapterRecipe
 from drivers.fanout import get_each
 
 log = logging.getLogger(__name__)
@@ -34,11 +35,6 @@ RUNNING_PROBE_S = 0.5
 JOIN_PROBE_S = 3.0
 """How long a cluster that ``connect(join_only=True)`` is given gets to accept a connection
 (Ray itself waits minutes for an address where nothing answers)."""
-ADAPTER_NAME_PREFIX = "rayfan-adapter-"
-"""Adapters of runs are named actors in the ``rayfan`` namespace (see ``adapter_name``)."""
-ADAPTER_RESTARTS = 3
-"""Ray restarts a dead adapter (same arguments, any node) this many times; its lost work is
-sent again by the dispatcher, never retried by Ray (``max_task_retries=0``), so it is counted."""
 
 
 def connect(address: str | None, *, join_only: bool = False) -> None:
@@ -130,17 +126,6 @@ def _check_answers(address: str) -> None:
         raise ConfigError(f"nothing answers at {address}: is the Ray cluster up, and is that its address?")
 
 
-class AdapterGroup(list[ActorHandle[Any]]):
-    """The started adapters, and the endpoint settings Ray restarts them with. The settings
-    are put in the object store once, by this driver, and held as long as the group: Ray
-    stores a creation argument over 100 KB (a CA bundle read from ``SSL_CERT_FILE``) itself,
-    and may free it before a restart on another node needs it, and the restart then fails."""
-
-    def __init__(self, handles: list[ActorHandle[Any]], settings: ray.ObjectRef[EndpointSettings]) -> None:
-        super().__init__(handles)
-        self.settings = settings
-
-
 def start_adapters(
     count: int,
     *,
@@ -154,32 +139,12 @@ def start_adapters(
     """K adapter actors spread over the nodes, once every one has started. ``endpoint`` was
     resolved on the driver (``drivers.endpoint.resolve_endpoint``); its key travels as a
     SecretStr, never in options or names that Ray lists. ``max_in_flight`` is shared out so
-    that together the adapters never have more requests open (each gets at least one)."""
+    that together the adapters never have more requests open (each gets at least one). The
+    adapters are named after the run that joined the limit's scope, if any."""
     shares = _shares(max_in_flight, count) if max_in_flight is not None else [MAX_CONCURRENCY] * count
-    run = new_run()
-    settings = ray.put(endpoint)
-    adapter_class: Any = OpenAIAdapter  # @ray.remote(max_concurrency=...) hides its ActorClass from type checkers
-    adapters = AdapterGroup(
-        [
-            adapter_class.options(
-                name=adapter_name(run, index),
-                namespace=NAMESPACE,
-                scheduling_strategy=placement,
-                max_restarts=ADAPTER_RESTARTS,
-                max_task_retries=0,
-            ).remote(
-                endpoint=settings,
-                model=model,
-                name=adapter_name(run, index),
-                retry=retry,
-                limit=limit,
-                prices=prices,
-                max_in_flight=share,
-            )
-            for index, (share, placement) in enumerate(zip(shares, _placements(count)))
-        ],
-        settings,
-    )
+    run = getattr(limit, "run", None) or new_run()
+    recipe = AdapterRecipe(run=run, endpoint=endpoint, model=model, retry=retry, limit=limit, prices=prices)
+    adapters = AdapterGroup(recipe, shares, _placements(count))
     try:
         _check_started(adapters)
     except ConfigError:
@@ -187,13 +152,6 @@ def start_adapters(
             ray.kill(adapter)
         raise
     return adapters
-
-
-def adapter_name(run: str, index: int) -> str:
-    """A run's adapter is a named actor in the ``rayfan`` namespace, so ``rayfan status``
-    finds it; the run id is random, so the name tells nothing of the key or the files.
-    Not detached: it goes with the driver that started it."""
-    return f"{ADAPTER_NAME_PREFIX}{run}-{index}"
 
 
 def _placements(count: int) -> list[NodeAffinitySchedulingStrategy | str]:

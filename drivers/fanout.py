@@ -11,7 +11,7 @@ killed with ``kill -9`` has written every result that reached it.
 
 An adapter that dies (its process killed, its node lost) loses the batches it held: their
 tasks go out again, at once, to the adapters still up, and the dead one gets nothing until
-a probe finds it back (Ray restarts adapters started by ``start_adapters``) or dead for good.
+a probe finds it dead, when adapters started by ``start_adapters`` are replaced, or back.
 Some of those tasks had already been sent, so their prompts may be billed twice: ``resent``
 counts them. An adapter Ray only could not reach is treated alike, since its results are
 lost with the stream; when its probe answers, it cancels what it still runs of them. A task lost this way more than ``MAX_RESENDS`` times (a task that kills its
@@ -43,6 +43,7 @@ from ray.util.client import ray as ray_client
 from actors.adapter.actor import MAX_CONCURRENCY
 from actors.errors import TaskError
 from actors.models import TaskResult, TaskStatus, parse_task
+from drivers.adapter_group import AdapterGroup
 
 Item = TypeVar("Item")
 MAX_BATCH = 64
@@ -79,6 +80,8 @@ class Dispatcher(Generic[Item]):
         if not adapters:
             raise ValueError("at least one adapter is needed")
         self._adapters = list(adapters)
+        self._group = adapters if isinstance(adapters, AdapterGroup) else None
+        """Where a dead adapter's replacement comes from (``start_adapters`` makes one)."""
         self._busy = [0] * len(adapters)
         self._buffer: list[tuple[Item, Any]] = []
         self._pending: dict[ObjectRefGenerator | ray.ObjectRef[Any], _Batch[Item]] = {}  # one result stream (or whole result) per batch
@@ -259,10 +262,11 @@ class Dispatcher(Generic[Item]):
         return given_up
 
     def _check_probes(self) -> None:
-        """Adapters that answer their probe are up again: Ray restarted them, or they never
-        died (``ActorUnavailableError``: a call that "may or may not have executed"). Then
-        what they still run of the batches they lost is cancelled, since it went out again
-        elsewhere. Those whose probe fails with ``ActorDiedError`` are gone for good."""
+        """Adapters that answer their probe are up: replacements, or adapters that never
+        died (``ActorUnavailableError``: a call that "may or may not have executed"); these
+        cancel what they still run of the batches they lost, since it went out again
+        elsewhere. One whose probe fails with ``ActorDiedError`` is replaced, as long as its
+        group allows (``AdapterGroup.replace``); then it is gone for good."""
         if not self._probes:
             return
         ready, _ = ray.wait(list(self._probes.values()), num_returns=len(self._probes), timeout=0)
@@ -273,12 +277,18 @@ class Dispatcher(Generic[Item]):
             del self._probes[index]
             reply = get_each([ref])[0]
             if isinstance(reply, ActorDiedError):
-                self._dead.add(index)
                 self._lost_tags.pop(index, None)
+                replacement = self._group.replace(index) if self._group is not None else None
+                if replacement is None:
+                    self._dead.add(index)
+                else:  # up once it answers its own probe
+                    self._adapters[index] = replacement
+                    self._probes[index] = replacement.status.remote()
             elif isinstance(reply, BaseException):
                 self._probes[index] = self._adapters[index].status.remote()  # still restarting: ask again
             else:
-                self._adapters[index].cancel_batches.remote(self._lost_tags.pop(index, []))  # a restarted one has none
+                if tags := self._lost_tags.pop(index, None):
+                    self._adapters[index].cancel_batches.remote(tags)
                 self._busy[index] = sum(len(b.open_positions()) for b in self._pending.values() if b.adapter == index)
 
 

@@ -26,7 +26,8 @@ from actors.errors import ConfigError
 from actors.ratelimit.coordinator import NAMESPACE, SCOPE_NAME_PREFIX
 from actors.ratelimit.limits import Limits
 from actors.ratelimit.protocol import CoordinatorSnapshot
-from drivers.cluster import ADAPTER_NAME_PREFIX, connect
+from drivers.adapter_group import ADAPTER_NAME_PREFIX
+from drivers.cluster import connect
 
 ANSWER_WITHIN_S = 5.0
 """How long the actors together get to answer before those still silent are listed as such."""
@@ -136,7 +137,7 @@ def _run_of(name: str) -> str:
 
 
 def _index(name: str) -> int:
-    index = name.rpartition("-")[2]
+    index = name.rpartition("-")[2].partition(".")[0]  # a replacement's name ends in -INDEX.GENERATION
     return int(index) if index.isdigit() else -1
 
 

@@ -5,7 +5,8 @@ with the fewest transfers under way, so several files move at once across adapte
 travels in parts of at most ``PART_BYTES``, either way, in plain calls (Ray Client has no
 streaming generators): the driver never holds a whole file. A call whose adapter dies
 (RayActorError) goes again to the next one, since each may be repeated: an upload makes one
-more file, a submission finds its batch; a download cut short raises, and starts over.
+more file, a submission finds its batch; a download cut short raises, and starts over. A
+dead adapter is replaced (``AdapterGroup.replace``).
 """
 
 from __future__ import annotations
@@ -17,21 +18,22 @@ from pathlib import Path
 from typing import Any
 
 from ray.actor import ActorHandle
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorDiedError, RayActorError
 
 from actors.adapter.batch_files import PART_BYTES, BatchInfo
-from drivers.cluster import ADAPTER_RESTARTS
+from drivers.adapter_group import REPLACEMENTS, AdapterGroup
 
 
 class AdapterPool:
     def __init__(self, adapters: Sequence[ActorHandle[Any]]) -> None:
         if not adapters:
             raise ValueError("at least one adapter is needed")
+        self._group = adapters if isinstance(adapters, AdapterGroup) else None
         self._adapters = list(adapters)
         self._transfers = [0] * len(adapters)
         self._turn = itertools.count()
-        self._tries = ADAPTER_RESTARTS + len(adapters)
-        """Calls that lose their adapter before one gives up: each adapter restarts this often."""
+        self._tries = REPLACEMENTS + len(adapters)
+        """Calls that lose their adapter before one gives up."""
 
     async def upload(self, path: Path, filename: str) -> str:
         """Upload the batch file at ``path``; its file id."""
@@ -46,7 +48,8 @@ class AdapterPool:
                         await adapter.batch_upload_part.remote(upload, part)
                 file_id: str = await adapter.batch_upload.remote(upload, filename)
                 return file_id
-            except RayActorError:
+            except RayActorError as error:
+                self._lost(index, error)
                 if not tries_left:
                     raise
             finally:
@@ -75,16 +78,26 @@ class AdapterPool:
             while part := await adapter.batch_download_part.remote(download, offset):
                 offset += len(part)
                 yield part
+        except RayActorError as error:
+            self._lost(index, error)
+            raise
         finally:
             self._transfers[index] -= 1
             adapter.batch_download_end.remote(download)  # the scratch copy goes; nothing to wait for
 
     async def _call(self, method: str, *args: Any) -> Any:
         for tries_left in reversed(range(self._tries)):
-            adapter = self._adapters[next(self._turn) % len(self._adapters)]
+            index = next(self._turn) % len(self._adapters)
             try:
-                return await getattr(adapter, method).remote(*args)
-            except RayActorError:
+                return await getattr(self._adapters[index], method).remote(*args)
+            except RayActorError as error:
+                self._lost(index, error)
                 if not tries_left:
                     raise
         raise AssertionError("the loop returns or raises")
+
+    def _lost(self, index: int, error: RayActorError) -> None:
+        """A dead adapter (not one Ray only could not reach) is replaced while its group allows."""
+        if isinstance(error, ActorDiedError) and self._group is not None and self._adapters[index] is self._group[index]:
+            if (replacement := self._group.replace(index)) is not None:
+                self._adapters[index] = replacement

@@ -1,0 +1,83 @@
+"""A run's adapters, and a fresh one in place of each that dies.
+
+Ray could restart a dead actor itself (``max_restarts``) with the arguments it was created
+with, but it stores an argument over 100 KB (the endpoint settings carry a CA bundle read
+from ``SSL_CERT_FILE``) in its object store and frees it soon after the start, so a restart
+after a lost node failed; holding the object from the driver kept it, at the price of an
+error line from Ray at every start. So adapters are never restarted by Ray: the dispatcher
+asks the group for a replacement, a new actor made from the driver's own copy of the
+settings, under the same name, wherever Ray can place it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ray.actor import ActorHandle
+
+from actors.accounting.pricing import PriceTable
+from actors.adapter.actor import OpenAIAdapter
+from actors.adapter.retry import RetryPolicy
+from actors.adapter.settings import EndpointSettings
+from actors.ratelimit.coordinator import NAMESPACE
+from actors.ratelimit.specs import LimitSpec
+
+ADAPTER_NAME_PREFIX = "rayfan-adapter-"
+REPLACEMENTS = 3
+"""A dead adapter is replaced this many times; its lost work is sent again by the
+dispatcher, never retried by Ray (``max_task_retries=0``), so it is counted."""
+
+
+@dataclass(frozen=True)
+class AdapterRecipe:
+    """Everything an adapter of the run is made with, kept on the driver."""
+
+    run: str
+    endpoint: EndpointSettings
+    model: str
+    retry: RetryPolicy | None
+    limit: LimitSpec | None
+    prices: PriceTable | None
+
+    def start(self, index: int, max_in_flight: int, placement: Any, generation: int = 0) -> ActorHandle[Any]:
+        adapter_class: Any = OpenAIAdapter  # @ray.remote(max_concurrency=...) hides its ActorClass from type checkers
+        name = adapter_name(self.run, index, generation)
+        options = adapter_class.options(name=name, namespace=NAMESPACE, scheduling_strategy=placement, max_restarts=0, max_task_retries=0)
+        handle: ActorHandle[Any] = options.remote(
+            endpoint=self.endpoint,
+            model=self.model,
+            name=name,
+            retry=self.retry,
+            limit=self.limit,
+            prices=self.prices,
+            max_in_flight=max_in_flight,
+        )
+        return handle
+
+
+def adapter_name(run: str, index: int, generation: int = 0) -> str:
+    """A run's adapter is a named actor in the ``rayfan`` namespace, so ``rayfan status``
+    finds it; the run id is random, so the name tells nothing of the key or the files.
+    Not detached: it goes with the driver that started it. A replacement's name says which
+    one it is (``-0.1``): Ray may hold a dead actor's name a while."""
+    return f"{ADAPTER_NAME_PREFIX}{run}-{index}" + (f".{generation}" if generation else "")
+
+
+class AdapterGroup(list[ActorHandle[Any]]):
+    """The run's adapters, in place: a replacement takes the dead one's index."""
+
+    def __init__(self, recipe: AdapterRecipe, shares: list[int], placements: list[Any]) -> None:
+        super().__init__(recipe.start(index, share, placement) for index, (share, placement) in enumerate(zip(shares, placements)))
+        self.recipe = recipe
+        self._shares = shares
+        self.replaced = [0] * len(shares)
+
+    def replace(self, index: int) -> ActorHandle[Any] | None:
+        """A new adapter in place of the dead one at ``index``; None once it was replaced
+        ``REPLACEMENTS`` times (a task that kills every adapter it reaches, say)."""
+        if self.replaced[index] >= REPLACEMENTS:
+            return None
+        self.replaced[index] += 1
+        self[index] = self.recipe.start(index, self._shares[index], "SPREAD", generation=self.replaced[index])
+        return self[index]
