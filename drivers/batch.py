@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from actors.models import DEFAULT_MODEL, TaskStatus
 from actors.ratelimit.limits import Limits
 from drivers.budget import Budget
 from drivers.cluster import connect, shared_limit, start_adapters
+from drivers.endpoint import describe
 from drivers.estimate import estimate_request
 from drivers.fanout import Dispatcher
 from drivers.inputs import InputProblem, InputRequest, RequestDefaults, read_requests
@@ -36,6 +38,8 @@ from drivers.progress import ProgressBar
 from drivers.rate_report import close_and_report
 from drivers.sorting import sort_by_line
 from drivers.summary import RunSummary
+
+log = logging.getLogger(__name__)
 
 DRAIN_ON_INTERRUPT_S = 10.0
 
@@ -81,6 +85,12 @@ def run_batch(options: BatchOptions, *, progress: ProgressBar | None = None) -> 
         spent_before_usd=resume.cost_usd,
     )
     budget = Budget(options.budget_usd, spent_usd=resume.cost_usd) if options.budget_usd is not None else None
+    log.info("%s", describe(options.endpoint))
+    if resume.done_ids or resume.redone or resume.torn:
+        log.info(
+            "resume: %s holds %d records done (%d failed, $%.6f); %d to send again%s",
+            options.output, len(resume.done_ids), resume.failed, resume.cost_usd, resume.redone, "; a torn last line was cut" if resume.torn else "",
+        )
     connect(options.address)
     limit = shared_limit(options.adapters, endpoint=options.endpoint, model=options.model, limits=Limits(rpm=options.rpm, tpm=options.tpm))
     adapters = start_adapters(

@@ -194,7 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     batch_api.add_argument(
         "--batch-max-mb", type=_positive(float), default=None, metavar="MB", help="MB (10^6 bytes) per batch file (default 200, OpenAI's limit)"
     )
-    run.add_argument("-v", "--verbose", action="store_true")
+    run.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also print, on stderr, the endpoint and its TLS and proxy settings, the Ray joined, where each adapter runs,"
+        " the rate-limit scope, each adapter lost or replaced, and each adapter's counters and the limits learned at the end",
+    )
     report = commands.add_parser(
         "report",
         help="summarize an output file, finished or not, without Ray: counts, tokens, cost, latency, errors",
@@ -280,7 +286,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.rpm is not None and args.plot is None:
             parser.error("report --rpm is drawn on the chart: use it with --plot FILE.png")
         return run_report(args.output, plot=args.plot, rpm=args.rpm)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.verbose:  # rayfan's own detail; Ray's loggers keep their level
+        for name in ("drivers", "actors"):
+            logging.getLogger(name).setLevel(logging.INFO)
     if not args.input.is_file():
         parser.error(f"input file {args.input} does not exist")
     defaults = RequestDefaults(model=args.model, max_tokens=args.max_tokens)

@@ -18,7 +18,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import actors
 from actors.accounting.pricing import PriceTable
-from actors.adapter.actor import MAX_CONCURRENCY
+from actors.adapter.actor import MAX_CONCURRENCY, AdapterInfo
 from actors.adapter.retry import RetryPolicy
 from actors.adapter.settings import EndpointSettings
 from actors.errors import ConfigError
@@ -44,6 +44,7 @@ def connect(address: str | None, *, join_only: bool = False) -> None:
     connected. ``join_only`` (``rayfan status``): never start a Ray, fail at once where
     nothing answers, and leave the workers' logs where they are."""
     if ray.is_initialized():
+        log.info("Ray: the one this process has joined already, %s", _describe_nodes())
         return
     address = address or os.environ.get("RAY_ADDRESS") or _running_here()
     if join_only:
@@ -51,6 +52,7 @@ def connect(address: str | None, *, join_only: bool = False) -> None:
     try:
         with _working_directory(_PACKAGES_ROOT), _quiet_if_local(address):
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=not join_only, include_dashboard=False)
+        log.info("Ray: %s, %s", "a local one for this run" if address == "local" else f"joined {address}", _describe_nodes())
     except AuthenticationError as error:
         raise ConfigError(
             f"the Ray cluster at {address or 'RAY_ADDRESS'} requires its token: set RAY_AUTH_MODE=token and"
@@ -146,11 +148,13 @@ def start_adapters(
     recipe = AdapterRecipe(run=run, endpoint=endpoint, model=model, retry=retry, limit=limit, prices=prices)
     adapters = AdapterGroup(recipe, shares, _placements(count))
     try:
-        _check_started(adapters)
+        infos = _check_started(adapters)
     except ConfigError:
         for adapter in adapters:
             ray.kill(adapter)
         raise
+    where = ", ".join(f"{info.name} on node {(info.node or '?')[:8]} ({info.max_in_flight} in flight)" for info in infos)
+    log.info("adapters: %d to %s: %s", count, endpoint.display_url, where)
     return adapters
 
 
@@ -171,12 +175,21 @@ def _shares(total: int, count: int) -> list[int]:
     return [min(MAX_CONCURRENCY, max(1, total // count + (index < total % count))) for index in range(count)]
 
 
-def _check_started(adapters: list[ActorHandle[Any]]) -> None:
-    """Raise ConfigError if an adapter could not start (no API key on its node, say), so a
-    run stops before it sends anything instead of writing an adapter_died record per request."""
-    for value in get_each([adapter.status.remote() for adapter in adapters]):
+def _check_started(adapters: list[ActorHandle[Any]]) -> list[AdapterInfo]:
+    """Each adapter's status once it has started; ConfigError if one could not start (no API
+    key on its node, say), so a run stops before it sends anything instead of writing an
+    adapter_died record per request."""
+    infos = get_each([adapter.status.remote() for adapter in adapters])
+    for value in infos:
         if isinstance(value, RayActorError):
             raise ConfigError(f"an adapter could not start: {_reason(value)}")
+    return infos
+
+
+def _describe_nodes() -> str:
+    listed: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]  # Ray leaves it unannotated
+    alive = [node for node in listed if node["Alive"]]
+    return f"{len(alive)} nodes, {sum(node['Resources'].get('CPU', 0) for node in alive):g} CPUs"
 
 
 def _reason(error: RayActorError) -> str:
@@ -192,4 +205,6 @@ def shared_limit(count: int, *, endpoint: EndpointSettings, model: str, limits: 
     Azure, the deployment the model names). The run joins the scope: see ``Coordinator.join``
     for how runs sharing it combine their limits."""
     scope = LimitScope.of(endpoint.pool_label, endpoint.api_key.get_secret_value(), model, limits=limits)
+    given = ", ".join(f"{name} {value:,}" for name, value in (("RPM", limits.rpm), ("TPM", limits.tpm)) if value is not None)
+    log.info("rate limits: scope %s (%s); given: %s; the rest learned from the server's headers", scope.name, model, given or "none")
     return CoordinatedLimitSpec.shared(scope, adapters=count)

@@ -74,6 +74,25 @@ def resolve_endpoint(flags: EndpointFlags) -> EndpointSettings:
         raise ConfigError(f"endpoint settings: {describe_validation_error(err)}") from None
 
 
+def describe(settings: EndpointSettings) -> str:
+    """The endpoint settings fit for ``-v``: where, through what, trusting what; no secret
+    (the proxy without its credentials, header names without their values)."""
+    proxy = _display_proxy(settings.proxy_url.get_secret_value()) if settings.proxy_url is not None else "none (direct)"
+    certificates = settings.ca_pem.count("BEGIN CERTIFICATE") if settings.ca_pem else 0
+    trust = f"{certificates} CA certificates read on the driver" if certificates else "the SDK's CA store"
+    extra = ", ".join(sorted(settings.headers)) or "none"
+    return (
+        f"endpoint: {settings.display_url}; proxy: {proxy}; TLS trusts {trust}; timeout {settings.timeout_s:g} s"
+        f" (connect {settings.connect_timeout_s:g} s); extra headers: {extra}"
+    )
+
+
+def _display_proxy(url: str) -> str:
+    parts = httpx2.URL(url)
+    credentials = " (with credentials)" if parts.userinfo else ""
+    return f"{parts.scheme}://{parts.host}{f':{parts.port}' if parts.port else ''}{credentials}"
+
+
 def parse_headers(lines: tuple[str, ...] | list[str], *, strict: bool = True) -> dict[str, str]:
     """``Name: value`` lines as a dict; ``strict``: a line without a colon is an error (a
     flag), else skipped (the SDK's ``OPENAI_CUSTOM_HEADERS`` rule)."""

@@ -30,6 +30,7 @@ free one at once; their places in the original batch are skipped when it comes b
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -45,6 +46,7 @@ from actors.errors import TaskError
 from actors.models import TaskResult, TaskStatus, parse_task
 from drivers.adapter_group import AdapterGroup
 
+log = logging.getLogger(__name__)
 Item = TypeVar("Item")
 MAX_BATCH = 64
 MAX_RESENDS = 2
@@ -242,6 +244,7 @@ class Dispatcher(Generic[Item]):
         (after Ctrl-C they are dropped unsent, like the buffer), and the adapter is probed
         before it gets more."""
         if batch.adapter not in self._dead and batch.adapter not in self._probes:
+            log.warning("adapter %d was lost (%s): its open requests go to the others", batch.adapter, type(error).__name__)
             self._probes[batch.adapter] = self._adapters[batch.adapter].status.remote()
         self._lost_tags.setdefault(batch.adapter, []).append(batch.tag)
         given_up: list[tuple[Item, TaskResult]] = []
@@ -280,13 +283,16 @@ class Dispatcher(Generic[Item]):
                 self._lost_tags.pop(index, None)
                 replacement = self._group.replace(index) if self._group is not None else None
                 if replacement is None:
+                    log.warning("adapter %d is dead and not replaced again: the others carry on", index)
                     self._dead.add(index)
                 else:  # up once it answers its own probe
+                    log.info("adapter %d is dead: a new one takes its place", index)
                     self._adapters[index] = replacement
                     self._probes[index] = replacement.status.remote()
             elif isinstance(reply, BaseException):
                 self._probes[index] = self._adapters[index].status.remote()  # still restarting: ask again
             else:
+                log.info("adapter %d is up", index)
                 if tags := self._lost_tags.pop(index, None):
                     self._adapters[index].cancel_batches.remote(tags)
                 self._busy[index] = sum(len(b.open_positions()) for b in self._pending.values() if b.adapter == index)

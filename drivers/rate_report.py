@@ -7,6 +7,7 @@ given (``--rpm``/``--tpm``) or learned from the server's headers.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +21,8 @@ from actors.ratelimit.limits import Limits
 from actors.ratelimit.protocol import CoordinatorSnapshot
 from actors.ratelimit.specs import CoordinatedLimitSpec
 from drivers.fanout import get_each
+
+log = logging.getLogger(__name__)
 
 SHORT_RUN_S = 60.0
 """Runs shorter than a minute are reported as counts against what the limits allow in
@@ -87,6 +90,17 @@ def close_and_report(adapters: Sequence[ActorHandle[Any]], limit: CoordinatedLim
         snapshot = ray.get(snapshot_ref)
     except RayActorError:
         snapshot = None
+    for index, counts in enumerate(stats):
+        log.info(
+            "adapter %d: %d requests sent (%d retries, %d answered 429); %d completed, %d failed, %d cancelled; %d + %d tokens; $%.6f",
+            index, counts.requests, counts.retries, counts.rate_limited, counts.completed, counts.failed, counts.cancelled,
+            counts.prompt_tokens, counts.completion_tokens, counts.cost_usd,
+        )
+    if snapshot is not None:
+        log.info(
+            "scope %s: limits given %s, learned %s, in force %s; bursts of %.3g s; %d answered 429 in all",
+            snapshot.scope, _limits(snapshot.given), _limits(snapshot.learned), _limits(snapshot.limits), snapshot.burst_s, snapshot.rate_limited,
+        )
     return RateReport(
         limits=limit.limits if snapshot is None else snapshot.limits,
         burst_s=None if snapshot is None else snapshot.burst_s,
@@ -111,3 +125,8 @@ def _values(refs: list[ray.ObjectRef[Any]]) -> list[Any]:
 
 def _of(achieved: float, limit: int | None, unit: str) -> str:
     return "" if limit is None else f" ({achieved / limit:.2f} of the {limit:,} {unit} limit)"
+
+
+def _limits(limits: Limits) -> str:
+    parts = [f"{value:,} {unit}" for value, unit in ((limits.rpm, "RPM"), (limits.tpm, "TPM")) if value is not None]
+    return " and ".join(parts) or "none"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -304,3 +305,29 @@ def test_hostile_lines_become_records_and_the_rerun_resumes(tmp_path: Path, serv
 
     assert rayfan() == ExitCode.SOME_FAILED, "the re-run does not crash at the same spot: it resumes"
     assert out.read_bytes() == written and len(server.requests()) == 2
+
+
+def test_verbose_says_where_it_sends_what_ray_and_adapters_it_uses_and_what_they_did(
+    tmp_path: Path, server: MockServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="drivers")  # restored after the test; -v raises it
+    caplog.handler.setLevel(logging.NOTSET)  # the capture takes whatever the loggers let through
+    monkeypatch.setenv("OPENAI_API_KEY", TEST_KEY)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxyuser:proxypass@proxy.invalid:3128")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # the fake endpoint is reached directly all the same
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_text("".join(json.dumps({"prompt": f"verbose {i}"}) + "\n" for i in range(4)))
+    assert main(["run", str(source), "-o", str(out), "--base-url", server.base_url, "--rpm", "6000", "--adapters", "2"]) == 0
+    assert not [r for r in caplog.records if r.levelno == logging.INFO], "without -v, no detail"
+
+    out.unlink()
+    assert main(["run", str(source), "-o", str(out), "--base-url", server.base_url, "--rpm", "6000", "--adapters", "2", "-v"]) == 0
+    details = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    said = "\n".join(details)
+    assert f"endpoint: {server.base_url}; proxy: none (direct); TLS trusts the SDK's CA store" in said
+    assert "Ray: the one this process has joined already, " in said and "rate limits: scope rayfan-limits-" in said and "given: RPM 6,000" in said
+    assert said.count(" on node ") == 2 and "adapters: 2 to " in said
+    assert "adapter 0: " in said and "adapter 1: " in said and "limits given 6,000 RPM" in said
+    assert TEST_KEY not in caplog.text and "proxypass" not in caplog.text
