@@ -39,11 +39,17 @@ class AdapterRecipe:
     retry: RetryPolicy | None
     limit: LimitSpec | None
     prices: PriceTable | None
+    cpus: float = 0.0
+    """CPUs each adapter holds while it lives (``--adapter-cpus``); 0 leaves Ray's default for
+    actors: one CPU to be placed, none once running, so a 0-CPU head takes none."""
 
     def start(self, index: int, max_in_flight: int, placement: Any, generation: int = 0) -> ActorHandle[Any]:
         adapter_class: Any = OpenAIAdapter  # @ray.remote(max_concurrency=...) hides its ActorClass from type checkers
         name = adapter_name(self.run, index, generation)
-        options = adapter_class.options(name=name, namespace=NAMESPACE, scheduling_strategy=placement, max_restarts=0, max_task_retries=0)
+        cpus = {"num_cpus": self.cpus} if self.cpus else {}
+        options = adapter_class.options(
+            name=name, namespace=NAMESPACE, scheduling_strategy=placement, max_restarts=0, max_task_retries=0, **cpus
+        )
         handle: ActorHandle[Any] = options.remote(
             endpoint=self.endpoint,
             model=self.model,

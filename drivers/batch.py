@@ -57,6 +57,8 @@ class BatchOptions(BaseModel):
     """Resolved on the driver (``drivers.endpoint.resolve_endpoint``)."""
     model: str = DEFAULT_MODEL
     adapters: int = Field(default=2, ge=1)
+    adapter_cpus: float = Field(default=0.0, ge=0)
+    """CPUs each adapter holds (``start_adapters(cpus=...)``): on an autoscaling cluster, room the autoscaler adds nodes for."""
     max_in_flight: int = Field(default=256, ge=1)
     address: str | None = None
     retry_failed: bool = False
@@ -100,6 +102,7 @@ def run_batch(options: BatchOptions, *, progress: ProgressBar | None = None) -> 
         limit=limit,
         prices=options.prices,
         max_in_flight=options.max_in_flight,
+        cpus=options.adapter_cpus,
     )
     try:
         sending = time.monotonic()

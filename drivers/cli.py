@@ -70,6 +70,14 @@ def _positive(kind: Callable[[str], T], *, at_most: float = math.inf) -> Callabl
     return parse
 
 
+def _at_least_zero(text: str) -> float:
+    """A CPU count: 0 or more, finite."""
+    value = float(text)
+    if not 0 <= value < math.inf:  # rejects nan too
+        raise argparse.ArgumentTypeError(f"must be a finite number, 0 or more, not {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rayfan", description=__doc__)
     parser.add_argument("--version", action="version", version=f"rayfan {_installed_version()}")
@@ -105,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", default=None, help=f"model for lines that name none (default {DEFAULT_MODEL})")
     run.add_argument("--max-tokens", type=_positive(int), default=None, help="max_tokens for prompt-shorthand lines")
     run.add_argument("--adapters", type=_positive(int), default=2, help="adapter actors to spread the requests over")
+    run.add_argument(
+        "--adapter-cpus",
+        type=_at_least_zero,
+        default=0.0,
+        metavar="N",
+        help="CPUs each adapter holds (default 0: none once placed, and a head with 0 CPUs takes none); on an autoscaling"
+        " cluster, 1 makes the autoscaler add workers until every adapter has its CPU",
+    )
     run.add_argument("--max-in-flight", type=_positive(int), default=256, help="requests open at the endpoint at once, shared by the adapters")
     run.add_argument(
         "--address",
@@ -328,6 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             endpoint=endpoint,
             model=args.model or DEFAULT_MODEL,
             adapters=args.adapters,
+            adapter_cpus=args.adapter_cpus,
             max_in_flight=args.max_in_flight,
             address=args.address,
             retry_failed=args.retry_failed,

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 RUNNING_PROBE_S = 0.5
 """How long a Ray recorded as running on this machine gets to accept a connection."""
+PLACEMENT_NOTICE_S = 15.0
+"""Adapters not all up after this long are waiting for room: the user is told why nothing happens."""
 JOIN_PROBE_S = 3.0
 """How long a cluster that ``connect(join_only=True)`` is given gets to accept a connection
 (Ray itself waits minutes for an address where nothing answers)."""
@@ -137,16 +139,18 @@ def start_adapters(
     limit: LimitSpec | None = None,
     prices: PriceTable | None = None,
     max_in_flight: int | None = None,
+    cpus: float = 0.0,
 ) -> AdapterGroup:
     """K adapter actors spread over the nodes, once every one has started. ``endpoint`` was
     resolved on the driver (``drivers.endpoint.resolve_endpoint``); its key travels as a
     SecretStr, never in options or names that Ray lists. ``max_in_flight`` is shared out so
     that together the adapters never have more requests open (each gets at least one). The
-    adapters are named after the run that joined the limit's scope, if any."""
+    adapters are named after the run that joined the limit's scope, if any. With ``cpus``,
+    each holds that many CPUs, and Ray (an autoscaler adding nodes for them) places them."""
     shares = _shares(max_in_flight, count) if max_in_flight is not None else [MAX_CONCURRENCY] * count
     run = getattr(limit, "run", None) or new_run()
-    recipe = AdapterRecipe(run=run, endpoint=endpoint, model=model, retry=retry, limit=limit, prices=prices)
-    adapters = AdapterGroup(recipe, shares, _placements(count))
+    recipe = AdapterRecipe(run=run, endpoint=endpoint, model=model, retry=retry, limit=limit, prices=prices, cpus=cpus)
+    adapters = AdapterGroup(recipe, shares, _placements(count) if not cpus else ["SPREAD"] * count)
     try:
         infos = _check_started(adapters)
     except ConfigError:
@@ -179,7 +183,10 @@ def _check_started(adapters: list[ActorHandle[Any]]) -> list[AdapterInfo]:
     """Each adapter's status once it has started; ConfigError if one could not start (no API
     key on its node, say), so a run stops before it sends anything instead of writing an
     adapter_died record per request."""
-    infos = get_each([adapter.status.remote() for adapter in adapters])
+    refs: list[ray.ObjectRef[Any]] = [adapter.status.remote() for adapter in adapters]
+    if len(ray.wait(refs, num_returns=len(refs), timeout=PLACEMENT_NOTICE_S)[0]) < len(refs):
+        log.warning("waiting for Ray to place %d adapters (an autoscaler may be adding nodes for their CPUs)", len(refs))
+    infos = get_each(refs)
     for value in infos:
         if isinstance(value, RayActorError):
             raise ConfigError(f"an adapter could not start: {_reason(value)}")

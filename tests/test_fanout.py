@@ -257,3 +257,18 @@ def test_a_batch_whose_stream_broke_on_a_live_adapter_is_resent_and_cancelled_th
         assert sorted(e.outcome for e in server.requests()) == ["disconnected"] * 3 + ["ok"] * 3
     finally:
         ray.kill(handle)
+
+
+def test_adapters_given_cpus_hold_them_while_they_live(server: MockServer) -> None:
+    """--adapter-cpus: room an autoscaler adds nodes for; by default an adapter holds none."""
+    endpoint = EndpointSettings(base_url=server.base_url, api_key="sk-x")
+    free_before = ray.available_resources().get("CPU", 0.0)
+    plain = start_adapters(2, endpoint=endpoint, model="gpt-4o-mini", max_in_flight=2)
+    holding = start_adapters(2, endpoint=endpoint, model="gpt-4o-mini", max_in_flight=2, cpus=0.5)
+    try:
+        wait_until(lambda: ray.available_resources().get("CPU", 0.0) == free_before - 1.0)
+        assert all(result.ok for _, result in fan_out([chat(f"c{i}", f"cpu {i}") for i in range(4)], holding, max_in_flight=2))
+    finally:
+        for handle in [*plain, *holding]:
+            ray.kill(handle)
+    wait_until(lambda: ray.available_resources().get("CPU", 0.0) == free_before)

@@ -54,7 +54,9 @@ def run_batch_api(options: BatchOptions, settings: BatchApiOptions, *, progress:
         recover(journal, out, resume)
         journal.sweep()
         connect(options.address)
-        adapters = start_adapters(options.adapters, endpoint=options.endpoint, model=options.model, max_in_flight=options.max_in_flight)
+        adapters = start_adapters(
+            options.adapters, endpoint=options.endpoint, model=options.model, max_in_flight=options.max_in_flight, cpus=options.adapter_cpus
+        )
         try:
             records = Records(out, resume, summary, progress)
             batch_prices = options.prices.for_batch()
