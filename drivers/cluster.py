@@ -46,7 +46,8 @@ def connect(address: str | None, *, join_only: bool = False) -> None:
     connected. ``join_only`` (``rayfan status``): never start a Ray, fail at once where
     nothing answers, and leave the workers' logs where they are."""
     if ray.is_initialized():
-        log.info("Ray: the one this process has joined already, %s", _describe_nodes())
+        if log.isEnabledFor(logging.INFO):
+            log.info("Ray: the one this process has joined already, %s", _describe_nodes())
         return
     address = address or os.environ.get("RAY_ADDRESS") or _running_here()
     if join_only:
@@ -54,7 +55,6 @@ def connect(address: str | None, *, join_only: bool = False) -> None:
     try:
         with _working_directory(_PACKAGES_ROOT), _quiet_if_local(address):
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=not join_only, include_dashboard=False)
-        log.info("Ray: %s, %s", "a local one for this run" if address == "local" else f"joined {address}", _describe_nodes())
     except AuthenticationError as error:
         raise ConfigError(
             f"the Ray cluster at {address or 'RAY_ADDRESS'} requires its token: set RAY_AUTH_MODE=token and"
@@ -66,6 +66,8 @@ def connect(address: str | None, *, join_only: bool = False) -> None:
             f"could not join the Ray cluster at {address or 'RAY_ADDRESS'}: {first_line} (check the address; a cluster"
             " with token authentication also needs RAY_AUTH_MODE=token and RAY_AUTH_TOKEN here)"
         ) from error
+    if log.isEnabledFor(logging.INFO):  # -v: asking for the nodes is a call to the cluster
+        log.info("Ray: %s, %s", "a local one for this run" if address == "local" else f"joined {address}", _describe_nodes())
 
 
 _PACKAGES_ROOT = Path(actors.__file__).resolve().parent.parent
@@ -164,9 +166,9 @@ def start_adapters(
 
 def _placements(count: int) -> list[NodeAffinitySchedulingStrategy | str]:
     """Adapter ``i`` on node ``i`` mod the nodes that can hold an actor (Ray's ``SPREAD``
-    alone put two of two adapters on one node of two, 5 times in 8). Soft: a lost node's
-    adapters restart wherever Ray can put them. No such node yet (an autoscaler still to
-    add workers): ``SPREAD``."""
+    alone put two of two adapters on one node of two, 5 times in 8). Soft: a node with no
+    room left holds no adapter back. No such node yet (an autoscaler still to add
+    workers): ``SPREAD``."""
     listed: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]  # Ray leaves it unannotated
     nodes = sorted(node["NodeID"] for node in listed if node["Alive"] and node["Resources"].get("CPU", 0) > 0)
     if not nodes:

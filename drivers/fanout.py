@@ -11,11 +11,12 @@ killed with ``kill -9`` has written every result that reached it.
 
 An adapter that dies (its process killed, its node lost) loses the batches it held: their
 tasks go out again, at once, to the adapters still up, and the dead one gets nothing until
-a probe finds it dead, when adapters started by ``start_adapters`` are replaced, or back.
+a probe finds it dead (adapters started by ``start_adapters`` are then replaced) or back.
 Some of those tasks had already been sent, so their prompts may be billed twice: ``resent``
 counts them. An adapter Ray only could not reach is treated alike, since its results are
-lost with the stream; when its probe answers, it cancels what it still runs of them. A task lost this way more than ``MAX_RESENDS`` times (a task that kills its
-adapter) ends as an ``adapter_died`` result, as do all tasks once no adapter is left.
+lost with the stream; when its probe answers, it cancels what it still runs of them. A task
+lost this way more than ``MAX_RESENDS`` times (a task that kills its adapter) ends as an
+``adapter_died`` result, as do all tasks once no adapter is left.
 
 When the adapters themselves cap their requests (``start_adapters(max_in_flight=...)``)
 at no more than the window, the dispatcher hands them two batches each beyond it: those
@@ -290,7 +291,7 @@ class Dispatcher(Generic[Item]):
                     self._adapters[index] = replacement
                     self._probes[index] = replacement.status.remote()
             elif isinstance(reply, BaseException):
-                self._probes[index] = self._adapters[index].status.remote()  # still restarting: ask again
+                self._probes[index] = self._adapters[index].status.remote()  # not reachable yet: ask again
             else:
                 log.info("adapter %d is up", index)
                 if tags := self._lost_tags.pop(index, None):
