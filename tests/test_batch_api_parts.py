@@ -4,6 +4,7 @@ server's ``/v1/files`` and ``/v1/batches``."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from collections.abc import AsyncIterator
@@ -244,3 +245,34 @@ def test_the_fake_batch_api_validates_lists_newest_first_and_pages(server: MockS
     large = batch_file(*(f"k{i}" for i in range(12_000)))
     assert len(large) > 2**20, "beyond aiohttp's default request size"
     assert client.files.create(file=("large.jsonl", io.BytesIO(large), "application/jsonl"), purpose="batch").bytes == len(large)
+
+
+# --- the adapters a Batch API run calls
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_dead_adapter_is_replaced_once_and_the_call_goes_on(server: MockServer, tmp_path: Path) -> None:
+    """Three uploads at once over two adapters: the first and third go to the dead one (the
+    fewest transfers), both lose it, and it is replaced once; every file is uploaded."""
+    import ray
+
+    from drivers.batchapi.pool import AdapterPool
+    from drivers.cluster import start_adapters
+
+    group = start_adapters(2, endpoint=EndpointSettings(base_url=server.base_url, api_key=TEST_KEY), model="gpt-4o-mini", max_in_flight=4)
+    ray.kill(group[0])
+    pool = AdapterPool(group)
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(batch_file("a", "b"))
+
+    async def body() -> list[str]:
+        return list(await asyncio.gather(*(pool.upload(source, f"{n}.jsonl") for n in ("one", "two", "three"))))
+
+    try:
+        file_ids = run(body())
+        assert len(set(file_ids)) == 3, "each upload made its file"
+        assert group.replaced == [1, 0], "the dead adapter was replaced once, not once per call that found it dead"
+        assert ray.get(group[0].status.remote()).name.endswith("-0.1"), "its replacement answers"
+    finally:
+        for adapter in group:
+            ray.kill(adapter)

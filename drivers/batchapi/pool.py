@@ -49,7 +49,7 @@ class AdapterPool:
                 file_id: str = await adapter.batch_upload.remote(upload, filename)
                 return file_id
             except RayActorError as error:
-                self._lost(index, error)
+                self._lost(index, adapter, error)
                 if not tries_left:
                     raise
             finally:
@@ -79,7 +79,7 @@ class AdapterPool:
                 offset += len(part)
                 yield part
         except RayActorError as error:
-            self._lost(index, error)
+            self._lost(index, adapter, error)
             raise
         finally:
             self._transfers[index] -= 1
@@ -88,16 +88,18 @@ class AdapterPool:
     async def _call(self, method: str, *args: Any) -> Any:
         for tries_left in reversed(range(self._tries)):
             index = next(self._turn) % len(self._adapters)
+            adapter = self._adapters[index]
             try:
-                return await getattr(self._adapters[index], method).remote(*args)
+                return await getattr(adapter, method).remote(*args)
             except RayActorError as error:
-                self._lost(index, error)
+                self._lost(index, adapter, error)
                 if not tries_left:
                     raise
         raise AssertionError("the loop returns or raises")
 
-    def _lost(self, index: int, error: RayActorError) -> None:
-        """A dead adapter (not one Ray only could not reach) is replaced while its group allows."""
-        if isinstance(error, ActorDiedError) and self._group is not None and self._adapters[index] is self._group[index]:
+    def _lost(self, index: int, adapter: ActorHandle[Any], error: RayActorError) -> None:
+        """A dead adapter (not one Ray only could not reach) is replaced while its group
+        allows, once: calls that failed on it together find it replaced already."""
+        if isinstance(error, ActorDiedError) and self._group is not None and self._group[index] is adapter:
             if (replacement := self._group.replace(index)) is not None:
                 self._adapters[index] = replacement
