@@ -108,7 +108,8 @@ def test_an_expired_coordinator_is_created_again_by_the_next_caller(server: Mock
         _until(lambda: not _running(scope.name), "the idle coordinator never exited")
         with pytest.raises(RayActorError):
             ray.get(first.snapshot.remote(), timeout=30)
-        second = join_scope(scope, new_run())
+        # the next one lives longer, so that no pause of a loaded machine lets it expire before it is looked at
+        second = join_scope(scope.model_copy(update={"policy": LeasePolicy(idle_expiry_s=600)}), new_run())
         snap: CoordinatorSnapshot = ray.get(second.snapshot.remote())
     finally:
         for name in [scope.name] if _running(scope.name) else []:
