@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from actors.accounting.pricing import PriceTable
     from actors.adapter.actor import Adapter, AdapterInfo, OpenAIAdapter
-    from actors.adapter.executor import AdapterStats
+    from actors.adapter.stats import AdapterStats
     from actors.adapter.retry import RetryPolicy
     from actors.errors import ConfigError, InvalidTask, RayfanError, RequestFailed, ResultTimeout, ScopeStopped, TaskError, TaskNotFound
     from actors.models import DEFAULT_MODEL, ChatTask, EmbeddingTask, ResponsesTask, TaskResult, TaskStatus, Usage, parse_task
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 _HOMES = {
     "actors.accounting.pricing": ["PriceTable"],
     "actors.adapter.actor": ["Adapter", "AdapterInfo", "OpenAIAdapter"],
-    "actors.adapter.executor": ["AdapterStats"],
+    "actors.adapter.stats": ["AdapterStats"],
     "actors.adapter.retry": ["RetryPolicy"],
     "actors.errors": ["ConfigError", "InvalidTask", "RayfanError", "RequestFailed", "ResultTimeout", "ScopeStopped", "TaskError", "TaskNotFound"],
     "actors.models": ["DEFAULT_MODEL", "ChatTask", "EmbeddingTask", "ResponsesTask", "TaskResult", "TaskStatus", "Usage", "parse_task"],

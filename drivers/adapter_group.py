@@ -12,16 +12,18 @@ settings, under the same name, wherever Ray can place it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray.actor import ActorHandle
 
 from actors.accounting.pricing import PriceTable
 from actors.adapter.actor import OpenAIAdapter
-from actors.adapter.retry import RetryPolicy
 from actors.adapter.settings import EndpointSettings
 from actors.ratelimit.coordinator import NAMESPACE
 from actors.ratelimit.specs import LimitSpec
+
+if TYPE_CHECKING:
+    from actors.adapter.retry import RetryPolicy  # the adapter imports it, with the SDK
 
 ADAPTER_NAME_PREFIX = "rayfan-adapter-"
 REPLACEMENTS = 3

@@ -17,7 +17,7 @@ from actors.errors import TaskError
 from actors.models import DEFAULT_MODEL, TaskStatus
 from actors.ratelimit.limits import Limits
 from drivers.budget import Budget
-from drivers.cluster import connect, shared_limit, start_adapters
+from drivers.cluster import connect, joining_limit, start_adapters
 from drivers.endpoint import describe
 from drivers.estimate import estimate_request
 from drivers.fanout import Dispatcher
@@ -94,7 +94,7 @@ def run_batch(options: BatchOptions, *, progress: ProgressBar | None = None) -> 
             options.output, len(resume.done_ids), resume.failed, resume.cost_usd, resume.redone, "; a torn last line was cut" if resume.torn else "",
         )
     connect(options.address)
-    limit = shared_limit(options.adapters, endpoint=options.endpoint, model=options.model, limits=Limits(rpm=options.rpm, tpm=options.tpm))
+    limit, join = joining_limit(options.adapters, endpoint=options.endpoint, model=options.model, limits=Limits(rpm=options.rpm, tpm=options.tpm))
     adapters = start_adapters(
         options.adapters,
         endpoint=options.endpoint,
@@ -105,6 +105,7 @@ def run_batch(options: BatchOptions, *, progress: ProgressBar | None = None) -> 
         cpus=options.adapter_cpus,
     )
     try:
+        limit = limit.joined(join)  # the coordinator started with the adapters
         sending = time.monotonic()
         with OutputWriter(options.output) as out, CtrlC() as ctrl_c:
             dispatcher: Dispatcher[_Sent] = Dispatcher(adapters, max_in_flight=options.max_in_flight)

@@ -8,7 +8,7 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.actor import ActorHandle
@@ -19,14 +19,16 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 import actors
 from actors.accounting.pricing import PriceTable
 from actors.adapter.actor import MAX_CONCURRENCY, AdapterInfo
-from actors.adapter.retry import RetryPolicy
 from actors.adapter.settings import EndpointSettings
 from actors.errors import ConfigError
-from actors.ratelimit.coordinator import LimitScope, new_run
+from actors.ratelimit.coordinator import LimitScope, ScopeJoin, new_run
 from actors.ratelimit.limits import Limits
 from actors.ratelimit.specs import CoordinatedLimitSpec, LimitSpec
 from drivers.adapter_group import AdapterGroup, AdapterRecipe
 from drivers.fanout import get_each
+
+if TYPE_CHECKING:
+    from actors.adapter.retry import RetryPolicy  # the adapter imports it, with the SDK
 
 log = logging.getLogger(__name__)
 
@@ -209,11 +211,18 @@ def _reason(error: RayActorError) -> str:
 
 def shared_limit(count: int, *, endpoint: EndpointSettings, model: str, limits: Limits) -> CoordinatedLimitSpec:
     """The scope's rate-limit coordinator (found, or created on first use) as the limit all
-    ``count`` adapters share; ``limits`` are the given ones, the rest is learned from headers.
-    The scope is the endpoint with its organization and project, the key and the model (for
-    Azure, the deployment the model names). The run joins the scope: see ``Coordinator.join``
-    for how runs sharing it combine their limits."""
+    ``count`` adapters share, once it has joined the run (see ``joining_limit``)."""
+    spec, join = joining_limit(count, endpoint=endpoint, model=model, limits=limits)
+    return spec.joined(join)
+
+
+def joining_limit(count: int, *, endpoint: EndpointSettings, model: str, limits: Limits) -> tuple[CoordinatedLimitSpec, ScopeJoin]:
+    """The scope's rate-limit coordinator as the limit all ``count`` adapters share, and the
+    run's join of it, still to be answered: ``spec.joined(join)`` before sending. ``limits``
+    are the given ones, the rest is learned from headers. The scope is the endpoint with its
+    organization and project, the key and the model (for Azure, the deployment the model
+    names). See ``Coordinator.join`` for how runs sharing a scope combine their limits."""
     scope = LimitScope.of(endpoint.pool_label, endpoint.api_key.get_secret_value(), model, limits=limits)
     given = ", ".join(f"{name} {value:,}" for name, value in (("RPM", limits.rpm), ("TPM", limits.tpm)) if value is not None)
     log.info("rate limits: scope %s (%s); given: %s; the rest learned from the server's headers", scope.name, model, given or "none")
-    return CoordinatedLimitSpec.shared(scope, adapters=count)
+    return CoordinatedLimitSpec.joining(scope, adapters=count)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from ray.actor import ActorHandle
 from ray.exceptions import RayActorError
 
-from actors.adapter.executor import AdapterStats
+from actors.adapter.stats import AdapterStats
 from actors.ratelimit.limits import Limits
 from actors.ratelimit.protocol import CoordinatorSnapshot
 from actors.ratelimit.specs import CoordinatedLimitSpec

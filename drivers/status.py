@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from ray.exceptions import RayActorError
 
 from actors.adapter.actor import AdapterInfo
-from actors.adapter.executor import AdapterStats
+from actors.adapter.stats import AdapterStats
 from actors.errors import ConfigError
 from actors.ratelimit.coordinator import NAMESPACE, SCOPE_NAME_PREFIX
 from actors.ratelimit.limits import Limits

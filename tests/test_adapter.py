@@ -26,10 +26,11 @@ def chat(custom_id: str, prompt: str, **fields: object) -> ChatTask:
     return ChatTask(custom_id=custom_id, messages=[{"role": "user", "content": prompt}], **fields)  # type: ignore[arg-type]
 
 
-def wait_for_outcome(server: MockServer, outcome: str, timeout_s: float = 5.0) -> None:
+def wait_for_outcome(server: MockServer, outcome: str, timeout_s: float = 30.0, *, count: int = 1) -> None:
+    """Until ``count`` requests ended so at the server: it sees each closed connection on its own time."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if any(entry.outcome == outcome for entry in server.requests()):
+        if sum(entry.outcome == outcome for entry in server.requests()) >= count:
             return
         time.sleep(0.02)
     raise AssertionError(f"no request with outcome {outcome!r}: {[e.outcome for e in server.requests()]}")
@@ -214,7 +215,7 @@ def test_a_batch_stream_closed_by_its_reader_cancels_what_it_still_runs(server: 
         await adapter.close()
 
     run(body())
-    wait_for_outcome(server, "disconnected")
+    wait_for_outcome(server, "disconnected", count=2)
     assert sorted(entry.outcome for entry in server.requests()) == ["disconnected", "disconnected", "ok"]
 
 

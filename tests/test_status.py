@@ -12,7 +12,7 @@ import pytest
 import ray
 
 from actors.adapter.actor import AdapterInfo
-from actors.adapter.executor import AdapterStats
+from actors.adapter.stats import AdapterStats
 from actors.adapter.settings import EndpointSettings
 from actors.errors import TaskError
 from actors.models import ChatTask

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+
+import pytest
+
 from actors.accounting import tokens
 from actors.models import parse_task
 
@@ -32,3 +37,28 @@ def test_a_content_part_whose_text_is_not_a_string_is_counted_not_a_crash() -> N
     odd = parse_task({"custom_id": "o", "messages": [{"role": "user", "content": [{"type": "text", "text": ["a", "b"]}]}]})
     plain = parse_task({"custom_id": "p", "messages": [{"role": "user", "content": [{"type": "text", "text": '["a","b"]'}]}]})
     assert tokens.prompt_tokens(odd) == tokens.prompt_tokens(plain) > 0
+
+
+def test_loading_in_the_background_loads_once_and_a_count_waits_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An adapter starts the load as it comes up; a request that needs a count before it is
+    done waits for that one load rather than starting its own or counting another way."""
+    loading, release, loads = threading.Event(), threading.Event(), []
+
+    def slow_load() -> Callable[[str], int]:
+        loads.append(threading.current_thread().name)
+        loading.set()
+        assert release.wait(30), "the test releases the load"
+        return lambda text: 7
+
+    monkeypatch.setattr(tokens, "_loaded", [])
+    monkeypatch.setattr(tokens, "_load", slow_load)
+    tokens.load_in_background()
+    assert loading.wait(30), "the background thread started the load"
+    counted: list[int] = []
+    counter = threading.Thread(target=lambda: counted.append(tokens.count_text("hello world")))
+    counter.start()
+    counter.join(0.2)  # long enough for a count that did not wait to have finished
+    assert counter.is_alive() and counted == [], "the count waits for the load in progress"
+    release.set()
+    counter.join(30)
+    assert counted == [7] and loads == ["rayfan-load-tokenizer"], "one load, in the background thread, whose counter is used"

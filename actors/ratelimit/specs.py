@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray.actor import ActorHandle
 
 from actors.ratelimit.coordinated import CoordinatedLimiter
-from actors.ratelimit.coordinator import LimitScope, join_scope, new_run
+from actors.ratelimit.coordinator import LimitScope, ScopeJoin, new_run
 from actors.ratelimit.limiter import Limiter, LocalLimiter
 from actors.ratelimit.limits import Limits
 from actors.ratelimit.link import RayLink
@@ -58,10 +58,23 @@ class CoordinatedLimitSpec(BaseModel):
 
     @classmethod
     def shared(cls, scope: LimitScope, *, adapters: int) -> CoordinatedLimitSpec:
-        """Join ``scope`` as a new run and share its coordinator between ``adapters`` adapters,
-        as ``rayfan run`` does."""
-        run = new_run()
-        return cls(coordinator=join_scope(scope, run), adapters=adapters, limits=scope.limits, policy=scope.policy, run=run, scope=scope)
+        """Join ``scope`` as a new run and share its coordinator between ``adapters`` adapters."""
+        spec, join = cls.joining(scope, adapters=adapters)
+        return spec.joined(join)
+
+    @classmethod
+    def joining(cls, scope: LimitScope, *, adapters: int) -> tuple[CoordinatedLimitSpec, ScopeJoin]:
+        """``shared`` without waiting for the coordinator's answer, as ``rayfan run`` does:
+        its adapters start meanwhile. ``joined(join)`` before sending anything."""
+        join = ScopeJoin(scope, new_run())
+        spec = cls(coordinator=join.handle, adapters=adapters, limits=scope.limits, policy=scope.policy, run=join.run, scope=scope)
+        return spec, join
+
+    def joined(self, join: ScopeJoin) -> CoordinatedLimitSpec:
+        """This spec once ``join`` is answered, with the coordinator that answered (adapters
+        given the one asked, should it have expired meanwhile, find the new one by name)."""
+        handle = join.wait()
+        return self if handle is self.coordinator else self.model_copy(update={"coordinator": handle})
 
     @field_validator("coordinator")
     @classmethod

@@ -5,11 +5,7 @@
     run writes it; journal (state.json beside the output: resume without paying twice);
     pool (the adapters, which make the calls); fallback (what batches left unfinished, sent
     synchronously); summary (the run's counts and its batches); options (the flags).
+
+Import the parts from their modules: a synchronous run reads the journal and the options,
+and should not pay for the SDK that ``run`` and its parts import.
 """
-
-from drivers.batchapi.journal import Journal, open_batches, status_lines
-from drivers.batchapi.options import BatchApiOptions, BatchLimits
-from drivers.batchapi.run import run_batch_api
-from drivers.batchapi.summary import BatchRunSummary
-
-__all__ = ["BatchApiOptions", "BatchLimits", "BatchRunSummary", "Journal", "open_batches", "run_batch_api", "status_lines"]

@@ -28,7 +28,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from actors.adapter.batch_files import BatchInfo
+from actors.adapter.batch_info import BatchInfo
 from actors.errors import ConfigError
 from drivers.outputs import atomic_rewrite
 

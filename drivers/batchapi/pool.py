@@ -20,7 +20,7 @@ from typing import Any
 from ray.actor import ActorHandle
 from ray.exceptions import ActorDiedError, RayActorError
 
-from actors.adapter.batch_files import PART_BYTES, BatchInfo
+from actors.adapter.batch_info import PART_BYTES, BatchInfo
 from drivers.adapter_group import REPLACEMENTS, AdapterGroup
 
 
