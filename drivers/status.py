@@ -154,8 +154,9 @@ def render_status(status: ClusterStatus, *, at: datetime) -> str:
     ]
     for snapshot in status.scopes:
         lines += ["", *_scope_lines(snapshot, at)]
+    scope_of = {run: snapshot.scope for snapshot in status.scopes for run in snapshot.run_ids}
     for run, views in runs.items():
-        lines += ["", *_run_lines(run, views)]
+        lines += ["", *_run_lines(run, views, scope_of.get(run))]
     if status.silent:
         lines += ["", f"not answering within {ANSWER_WITHIN_S:g} s (restarting, or exiting): {', '.join(status.silent)}"]
     return "\n".join(lines)
@@ -170,7 +171,7 @@ def _scope_lines(snap: CoordinatorSnapshot, at: datetime) -> list[str]:
         f"  rate     {snap.requests_per_min:,.0f} requests/min, {snap.tokens_per_min:,.0f} tokens/min (last minute)",
         f"  tokens   {snap.reserved_tokens:,} reserved, {snap.used_tokens:,} used as the server counts ({snap.requests_sent:,} requests)",
         f"  state    {_state(snap, at)}; {snap.rate_limited:,} answered 429",
-        f"  users    {_count(snap.runs, 'run')}, {_count(snap.clients, 'adapter')} heard from in the last minute; {idle}{restarted}",
+        f"  users    {_count(snap.runs, 'run')}{_listed(snap.run_ids)}, {_count(snap.clients, 'adapter')} heard from in the last minute; {idle}{restarted}",
     ]
 
 
@@ -190,10 +191,16 @@ def _state(snap: CoordinatorSnapshot, at: datetime) -> str:
     return "sending"
 
 
-def _run_lines(run: str, views: list[AdapterView]) -> list[str]:
+def _listed(run_ids: list[str]) -> str:
+    return f" ({', '.join(run_ids)})" if run_ids else ""
+
+
+def _run_lines(run: str, views: list[AdapterView], scope: str | None) -> list[str]:
+    """A run's adapters; ``scope``: the one whose coordinator lists the run (none for a run
+    without a coordinated limit, or one its coordinator has not heard from for a minute)."""
     first = views[0].info
     lines = [
-        f"run {run}: {first.model} at {first.endpoint}",
+        f"run {run}: {first.model} at {first.endpoint}" + ("" if scope is None else f", in scope {scope}"),
         f"  {'adapter':<9}{'node':<10}{'in flight':>10}{'sending':>9}{'done':>10}{'failed':>8}{'retries':>9}{'429s':>7}{'cost':>12}",
     ]
     for view in views:

@@ -1,5 +1,6 @@
 """``rayfan run --address ray://…``: a driver joined through Ray Client, which has no streaming
-generators, still gets one record per request (each batch's results come back together)."""
+generators, still gets one record per request (each batch's results come back together);
+``rayfan status`` through the same client shows the run's scope."""
 
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ def test_a_run_through_ray_client_writes_one_record_per_request(tmp_path: Path) 
         run = [sys.executable, "-m", "drivers.cli", "run", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"), "--mock"]
         run += ["--address", f"ray://127.0.0.1:{port}", "--adapters", "2", "--max-in-flight", "8"]
         completed = subprocess.run(run, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+        status = [sys.executable, "-m", "drivers.cli", "status", "--address", f"ray://127.0.0.1:{port}"]
+        shown = subprocess.run(status, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -56,3 +59,5 @@ def test_a_run_through_ray_client_writes_one_record_per_request(tmp_path: Path) 
     records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert sorted(r["custom_id"] for r in records) == sorted(line["custom_id"] for line in lines)
     assert all(r["error"] is None for r in records)
+    assert shown.returncode == 0, shown.stdout[-2000:] + shown.stderr[-3000:]
+    assert "rayfan status at" in shown.stdout and "\nscope rayfan-limits-" in shown.stdout, "the run's scope outlives it, seen through the client"

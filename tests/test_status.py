@@ -21,7 +21,7 @@ from actors.ratelimit.protocol import CoordinatorSnapshot
 from drivers.cluster import shared_limit, start_adapters
 from drivers.fanout import fan_out
 from drivers.mock import MockServer
-from drivers.status import AdapterView, ClusterStatus, StatusExit, gather_status, print_status, render_status
+from drivers.status import CLEAR_SCREEN, AdapterView, ClusterStatus, StatusExit, gather_status, print_status, render_status, run_status
 
 MODEL = "gpt-4o-mini"
 SECRET = "sk-proj-RECOGNIZABLE-status-0c4e"
@@ -56,7 +56,9 @@ def test_status_shows_the_scope_and_the_adapters_of_a_run_in_progress(server: Mo
     assert sum(view.done for view in views) == 6 and sum(view.stats.completed for view in views) == 6
     assert sum(view.stats.cost_usd for view in views) == pytest.approx(sum(result.cost_usd or 0.0 for result in done))
     screen = render_status(status, at=AT)
-    assert f"scope {scope.scope}: {MODEL} at {server.base_url.rstrip('/')}" in screen and f"run {run}:" in screen
+    assert scope.run_ids == [run] == [limit.run], "the scope names the run its adapters are named after"
+    assert f"scope {scope.scope}: {MODEL} at {server.base_url.rstrip('/')}" in screen and f"run {run}: " in screen
+    assert f"in scope {scope.scope}" in screen
     assert "RECOGNIZABLE" not in screen + status.model_dump_json()
 
 
@@ -86,6 +88,7 @@ def _snapshot(**fields: object) -> CoordinatorSnapshot:
         calls=900,
         restarted=False,
         runs=1,
+        run_ids=["3f9a1c2e0b1d"],
         idle_s=None,
         idle_expiry_s=900.0,
     )
@@ -111,7 +114,7 @@ def _adapter(index: int, in_flight: int, received: int, cost: float) -> AdapterV
 def test_the_screen_shows_each_scope_and_each_run() -> None:
     stopped = _snapshot(
         scope="rayfan-limits-fedcba9876543210", paused_for_s=0.0, stopped=TaskError(code="insufficient_quota", message="no credit"),
-        idle_s=42.4, runs=0, clients=0, given=Limits(), learned=Limits(), limits=Limits(),
+        idle_s=42.4, runs=0, run_ids=[], clients=0, given=Limits(), learned=Limits(), limits=Limits(),
     )
     status = ClusterStatus(scopes=[_snapshot(), stopped], adapters=[_adapter(1, 60, 5000, 1.5), _adapter(0, 64, 6001, 2.25)], silent=["rayfan-adapter-77-0"])
     assert render_status(status, at=AT) == textwrap.dedent(
@@ -123,7 +126,7 @@ def test_the_screen_shows_each_scope_and_each_run() -> None:
           rate     4,321 requests/min, 1,234,567 tokens/min (last minute)
           tokens   3,000,000 reserved, 2,500,000 used as the server counts (12,000 requests)
           state    PAUSED until 12:00:03 (3.2 s more); 7 answered 429
-          users    1 run, 2 adapters heard from in the last minute; in use
+          users    1 run (3f9a1c2e0b1d), 2 adapters heard from in the last minute; in use
 
         scope rayfan-limits-fedcba9876543210: gpt-4o-mini at https://api.openai.com/v1
           limits   RPM none (given none, learned none);  TPM none (given none, learned none);  bursts of at most 1 s of the limit
@@ -132,7 +135,7 @@ def test_the_screen_shows_each_scope_and_each_run() -> None:
           state    STOPPED: insufficient_quota (nothing is sent; the next run reopens it); 7 answered 429
           users    0 runs, 0 adapters heard from in the last minute; idle 42 s (exits at 900 s)
 
-        run 3f9a1c2e0b1d: gpt-4o-mini at https://api.openai.com/v1
+        run 3f9a1c2e0b1d: gpt-4o-mini at https://api.openai.com/v1, in scope rayfan-limits-0123456789abcdef
           adapter  node       in flight  sending      done  failed  retries   429s        cost
           0        0abcdef0          64       64     5,937       1        3      2     $2.2500
           1        1abcdef0          60       60     4,940       1        3      2     $1.5000
@@ -146,3 +149,34 @@ def test_nothing_running_is_one_line_and_its_own_exit_code() -> None:
     out = io.StringIO()
     assert print_status(ClusterStatus(), out) == StatusExit.NOTHING_RUNNING
     assert out.getvalue() == "no rayfan rate-limit scope or run on this Ray cluster\n"
+
+
+class _Terminal(io.StringIO):
+    """A terminal whose user presses Ctrl-C as the ``screens``-th screen is flushed."""
+
+    def __init__(self, screens: int) -> None:
+        super().__init__()
+        self.screens_left = screens
+
+    def isatty(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        self.screens_left -= 1
+        if self.screens_left == 0:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_watch_redraws_the_screen_until_ctrl_c(server: MockServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    endpoint = EndpointSettings(base_url=server.base_url, api_key=SECRET)
+    limit = shared_limit(1, endpoint=endpoint, model=MODEL, limits=Limits(rpm=1234))
+    terminal = _Terminal(screens=3)
+    monkeypatch.setattr("sys.stdout", terminal)
+    try:
+        assert run_status(None, watch_s=0.01) == StatusExit.SHOWN
+    finally:
+        ray.kill(limit.coordinator)
+    screens = terminal.getvalue().split(CLEAR_SCREEN)
+    assert screens[0] == "" and len(screens) == 4, "the screen is cleared before each of the three draws"
+    assert limit.scope is not None and all(f"scope {limit.scope.name}:" in screen and "RPM 1,234" in screen for screen in screens[1:])

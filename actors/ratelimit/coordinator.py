@@ -258,6 +258,7 @@ class Coordinator:
         per_min = 60.0 / span if span > 0 else 0.0
         live = [held for held in self._held.values() if held.expires_at > now and (held.requests > 0 or held.tokens > 0)]
         budget = self._budget.snapshot()
+        runs = self._users(now)[0]
         return CoordinatorSnapshot(
             scope=self._scope,
             endpoint=self._endpoint,
@@ -282,7 +283,8 @@ class Coordinator:
             clients=self._clients(now),
             calls=self._calls,
             restarted=self._restarted,
-            runs=len(self._users(now)[0]),
+            runs=len(runs),
+            run_ids=sorted(runs),
             idle_s=None if self._open_calls else now - self._active_at,
             idle_expiry_s=self._policy.idle_expiry_s,
         )

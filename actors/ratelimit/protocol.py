@@ -182,6 +182,8 @@ class CoordinatorSnapshot(FrozenModel):
     restarted: bool
     runs: int
     """Runs that joined and still use the scope (their adapters heard from in the last minute)."""
+    run_ids: list[str] = Field(default_factory=list)
+    """Those runs' ids, as in their adapters' names: ``rayfan status`` pairs each run with its scope."""
     idle_s: float | None
     """How long nobody has called (None: a call is open now); at ``idle_expiry_s`` it exits."""
     idle_expiry_s: float
