@@ -10,7 +10,9 @@ start and imports included), against one fake endpoint served by this process
   local``), against a process that only does ``ray.init(address="local")`` and
   ``ray.shutdown()``. rayfan's overhead is its wall time minus the time from its first to
   its last request at the endpoint; the target is at most 1 s over Ray's own.
-* ``joined``: the same two against a Ray that is already running (as after ``ray start
+* Beside Ray alone, the floor of the design: Ray's start and stop with two actors (a run's
+  default adapters) that each import the SDK in a new worker process, and nothing else.
+* ``joined``: the same three against a Ray that is already running (as after ``ray start
   --head``; here a process of this bench holds one): ``ray.init(address=GCS)`` and
   ``ray.shutdown()`` against ``rayfan run --address GCS``.
 * ``batch``: 2,000 requests with 0.5 s latency at 100 in flight (ideal 10 s): ``rayfan
@@ -46,6 +48,21 @@ RAY_ALONE = (
     "ray.init(address=sys.argv[1], include_dashboard=False, logging_level=logging.WARNING)\n"
     "ray.shutdown()\n"
 )
+RAY_WITH_SDK_ACTORS = (
+    "import logging, sys, ray\n"
+    "ray.init(address=sys.argv[1], include_dashboard=False, logging_level=logging.WARNING)\n"
+    "@ray.remote\n"
+    "class WithTheSdk:\n"
+    "    def __init__(self):\n"
+    "        import openai\n"
+    "    def ready(self):\n"
+    "        return True\n"
+    "actors = [WithTheSdk.remote() for _ in range(int(sys.argv[2]))]\n"
+    "assert all(ray.get([actor.ready.remote() for actor in actors]))\n"
+    "ray.shutdown()\n"
+)
+"""The floor of any design whose adapters are Ray actors owning an SDK client: Ray's start and
+stop, plus as many worker processes as a run has adapters, each importing the SDK."""
 HOLD_RAY = (
     "import logging, sys, ray\n"
     "ray.init(address='local', include_dashboard=False, logging_level=logging.WARNING)\n"
@@ -121,17 +138,22 @@ def _ray_alone(address: str) -> Timed:
     return _timed([sys.executable, "-c", RAY_ALONE, address], **(JOINING if address != "local" else {}))
 
 
+def _ray_with_sdk_actors(address: str, adapters: int = 2) -> Timed:
+    return _timed([sys.executable, "-c", RAY_WITH_SDK_ACTORS, address, str(adapters)], **(JOINING if address != "local" else {}))
+
+
 def _median(values: list[float]) -> float:
     return statistics.median(values)
 
 
 def scene_own(server: MockServer, workdir: Path, repeat: int) -> None:
     server.configure(latency_s=0.0)
-    ray_walls, rayfan_runs = [], []
+    ray_walls, floor_walls, rayfan_runs = [], [], []
     for _ in range(repeat):
         ray_walls.append(_ray_alone("local").wall_s)
+        floor_walls.append(_ray_with_sdk_actors("local").wall_s)
         rayfan_runs.append(_rayfan(server, workdir, 20, "local"))
-    _print_overheads("own Ray (started and stopped by the run)", ray_walls, rayfan_runs)
+    _print_overheads("own Ray (started and stopped by the run)", ray_walls, floor_walls, rayfan_runs)
 
 
 def scene_joined(server: MockServer, workdir: Path, repeat: int) -> None:
@@ -140,25 +162,28 @@ def scene_joined(server: MockServer, workdir: Path, repeat: int) -> None:
     try:
         assert holder.stdout is not None
         address = holder.stdout.readline().strip()
-        ray_walls, rayfan_runs = [], []
+        ray_walls, floor_walls, rayfan_runs = [], [], []
         for _ in range(repeat):
             ray_walls.append(_ray_alone(address).wall_s)
+            floor_walls.append(_ray_with_sdk_actors(address).wall_s)
             rayfan_runs.append(_rayfan(server, workdir, 20, address))
-        _print_overheads(f"a running Ray ({address})", ray_walls, rayfan_runs)
+        _print_overheads(f"a running Ray ({address})", ray_walls, floor_walls, rayfan_runs)
     finally:
         holder.communicate(input="", timeout=120)
 
 
-def _print_overheads(label: str, ray_walls: list[float], rayfan_runs: list[Timed]) -> None:
-    ray_s = _median(ray_walls)
+def _print_overheads(label: str, ray_walls: list[float], floor_walls: list[float], rayfan_runs: list[Timed]) -> None:
+    ray_s, floor_s = _median(ray_walls), _median(floor_walls)
     overhead = _median([run.overhead_s for run in rayfan_runs])
     wall = _median([run.wall_s for run in rayfan_runs])
     print(f"{label}:")
     print(f"  Ray alone, init + shutdown:          {ray_s:6.2f} s  (runs: {', '.join(f'{w:.2f}' for w in ray_walls)})")
+    print(f"  Ray + 2 actors importing the SDK:    {floor_s:6.2f} s  (runs: {', '.join(f'{w:.2f}' for w in floor_walls)})")
     print(f"  rayfan run of 20 requests, wall:     {wall:6.2f} s")
     print(f"  rayfan outside its requests:         {overhead:6.2f} s  (runs: {', '.join(f'{r.overhead_s:.2f}' for r in rayfan_runs)})")
     print(f"  rayfan overhead - Ray's own:         {overhead - ray_s:+6.2f} s   (target <= +1.00 s)")
     print(f"  rayfan overhead / Ray's own:         {overhead / ray_s:6.2f}")
+    print(f"  rayfan overhead - Ray + 2 actors:    {overhead - floor_s:+6.2f} s   (what rayfan adds to the floor of its design)")
 
 
 def scene_batch(server: MockServer, workdir: Path, repeat: int) -> None:
