@@ -8,6 +8,7 @@ import contextlib
 import importlib.metadata
 import logging
 import math
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -34,6 +35,8 @@ from drivers.summary import ExitCode, RunSummary
 
 T = TypeVar("T", int, float)
 
+BROKEN_PIPE_EXIT = 141
+"""What a shell reports for a command whose reader went away (128 + SIGPIPE), as ``yes | head`` does."""
 MOCK_API_KEY = "sk-mock-not-a-real-key"
 MOCK_POLL_S = 0.5
 """The built-in mock answers a batch at once: looking every minute would only make a demo wait."""
@@ -291,6 +294,16 @@ def _endpoint(args: argparse.Namespace, resolved: EndpointSettings | None) -> It
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader stopped early (`rayfan report out.jsonl | head`): no traceback for it, and
+        # stdout goes nowhere from here, so the interpreter's last flush fails quietly too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE_EXIT
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "status" and args.batches is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,10 +15,12 @@ import pytest
 from actors.errors import TaskError
 from actors.models import ChatTask, EmbeddingTask, TaskResult, TaskStatus, Usage
 from drivers import report as report_module
-from drivers.cli import main
+from drivers.cli import BROKEN_PIPE_EXIT, main
 from drivers.inputs import InputProblem, InputRequest
 from drivers.outputs import BUDGET_EXHAUSTED, UNPRICED, OutputWriter, not_run_record, problem_record, result_record
 from drivers.report import Report, read_report, write_plot
+
+ROOT = Path(__file__).resolve().parent.parent
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "prompts.jsonl"
 NOON = 1_754_049_600
@@ -122,6 +126,21 @@ def test_the_command_prints_the_report_and_exits_0_whatever_the_records_say(tmp_
     assert main(["report", str(out)]) == 0
     captured = capsys.readouterr()
     assert captured.out == read_report(out).render() + "\n" and captured.err == ""
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path: Path) -> None:
+    """``rayfan report out.jsonl | head -1``: the pipe's reader is gone before the report is written."""
+    out = tmp_path / "out.jsonl"
+    write_records(out, mixed_records())
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to the pipe now fails with EPIPE
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-m", "drivers.cli", "report", str(out)], cwd=ROOT, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120, check=False
+        )
+    finally:
+        os.close(write_end)
+    assert completed.returncode == BROKEN_PIPE_EXIT and completed.stderr == ""
 
 
 def test_a_torn_last_line_is_reported_not_counted_and_left_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
