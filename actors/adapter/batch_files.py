@@ -30,6 +30,7 @@ from typing import TypeVar
 
 import httpx2
 import openai
+
 from actors.adapter.batch_info import PART_BYTES, BatchInfo
 from actors.adapter.retry import RetryPolicy, describe_error
 from actors.errors import BatchApiError, TaskError

@@ -22,7 +22,6 @@ import logging
 import time
 
 import openai
-from pydantic import BaseModel
 
 from actors.accounting.pricing import PriceTable
 from actors.adapter.attempt import attempt_under
