@@ -70,8 +70,13 @@ def test_run_with_limits_uses_the_coordinator_and_prints_the_rate(
     assert snap.limits == Limits(rpm=600, tpm=40_000)  # the lower of each
     rate_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("rate:"))
     assert rate_line.startswith("rate: 60 requests and ") and rate_line.endswith("; 0 answered 429 (0.0% of 60 requests)")
-    # a short run against the limits in force (given RPM, the lower TPM) and the server's minute bucket
-    assert re.search(r"the limits allow 60\d requests and 40,\d{3} tokens in that time, 60 s of them at once", rate_line), rate_line
+    # a short run against the limits in force (given RPM, the lower TPM) and the server's minute
+    # bucket: what 600 RPM and 40,000 TPM allow in the run's printed time plus 60 s, however long
+    # a loaded machine made the run (its time is printed to a tenth of a second)
+    shown = re.search(r"in ([\d.]+) s \(the limits allow ([\d,]+) requests and ([\d,]+) tokens in that time, 60 s of them at once\)", rate_line)
+    assert shown is not None, rate_line
+    wall_s, requests, tokens = float(shown[1]), int(shown[2].replace(",", "")), int(shown[3].replace(",", ""))
+    assert abs(requests - 600 * (wall_s + 60) / 60) <= 1 and abs(tokens - 40_000 * (wall_s + 60) / 60) <= 40, rate_line
 
 
 @pytest.mark.usefixtures("ray_session")
