@@ -16,6 +16,8 @@ from actors.adapter.settings import EndpointSettings
 from actors.errors import TaskError
 from actors.models import DEFAULT_MODEL, TaskStatus
 from actors.ratelimit.limits import Limits
+from actors.ratelimit.specs import CoordinatedLimitSpec
+from drivers.adapter_group import AdapterGroup
 from drivers.budget import Budget
 from drivers.cluster import connect, joining_limit, start_adapters
 from drivers.endpoint import describe
@@ -35,7 +37,7 @@ from drivers.outputs import (
     result_record,
 )
 from drivers.progress import ProgressBar
-from drivers.rate_report import close_and_report
+from drivers.rate_report import RateReport, close_and_report
 from drivers.sorting import sort_by_line
 from drivers.summary import RunSummary
 
@@ -93,24 +95,10 @@ def run_batch(options: BatchOptions, *, progress: ProgressBar | None = None) -> 
             "resume: %s holds %d records done (%d failed, $%.6f); %d to send again%s",
             options.output, len(resume.done_ids), resume.failed, resume.cost_usd, resume.redone, "; a torn last line was cut" if resume.torn else "",
         )
-    connect(options.address)
-    limit, join = joining_limit(options.adapters, endpoint=options.endpoint, model=options.model, limits=Limits(rpm=options.rpm, tpm=options.tpm))
-    adapters = start_adapters(
-        options.adapters,
-        endpoint=options.endpoint,
-        model=options.model,
-        limit=limit,
-        prices=options.prices,
-        max_in_flight=options.max_in_flight,
-        cpus=options.adapter_cpus,
-    )
+    senders = _Senders(options)
     try:
-        limit = limit.joined(join)  # the coordinator started with the adapters
-        sending = time.monotonic()
         with OutputWriter(options.output) as out, CtrlC() as ctrl_c:
-            dispatcher: Dispatcher[_Sent] = Dispatcher(adapters, max_in_flight=options.max_in_flight)
-            deadline = None if options.deadline_s is None else sending + options.deadline_s
-            run = _Run(dispatcher, out, summary, budget, options.prices, progress, ctrl_c, deadline)
+            run = _Run(senders, out, summary, budget, options.prices, progress, ctrl_c, options.deadline_s)
             try:
                 run.send_all(read_requests(options.input, options.defaults), resume)
             except (KeyboardInterrupt, DeadlineReached) as stop:
@@ -118,15 +106,55 @@ def run_batch(options: BatchOptions, *, progress: ProgressBar | None = None) -> 
                 summary.interrupted = True
                 summary.deadline_reached = isinstance(stop, DeadlineReached)
                 run.drain(deadline=time.monotonic() + DRAIN_ON_INTERRUPT_S)
-            summary.resent = dispatcher.resent
-        summary.rate = close_and_report(adapters, limit, time.monotonic() - sending)
+            summary.resent = 0 if senders.dispatcher is None else senders.dispatcher.resent
+        summary.rate = senders.close_and_report()
     finally:
-        for adapter in adapters:
-            ray.kill(adapter)
+        senders.kill()
     if options.sort and not summary.interrupted:
         sort_by_line(options.output)
     summary.wall_s = time.monotonic() - started
     return summary
+
+
+class _Senders:
+    """Ray, the scope's coordinator and the adapters, started when the run has its first
+    request to send: a re-run of a finished output, or one left only bad lines or requests
+    the budget cannot cover, writes its records without waiting seconds for them."""
+
+    def __init__(self, options: BatchOptions) -> None:
+        self._options = options
+        self._adapters: AdapterGroup | None = None
+        self._limit: CoordinatedLimitSpec | None = None
+        self._sending_since = 0.0
+        self.dispatcher: Dispatcher[_Sent] | None = None
+
+    def start(self) -> Dispatcher[_Sent]:
+        options = self._options
+        connect(options.address)
+        limit, join = joining_limit(options.adapters, endpoint=options.endpoint, model=options.model, limits=Limits(rpm=options.rpm, tpm=options.tpm))
+        self._adapters = start_adapters(
+            options.adapters,
+            endpoint=options.endpoint,
+            model=options.model,
+            limit=limit,
+            prices=options.prices,
+            max_in_flight=options.max_in_flight,
+            cpus=options.adapter_cpus,
+        )
+        self._limit = limit.joined(join)  # the coordinator started with the adapters
+        self._sending_since = time.monotonic()
+        self.dispatcher = Dispatcher(self._adapters, max_in_flight=options.max_in_flight)
+        return self.dispatcher
+
+    def close_and_report(self) -> RateReport | None:
+        """The adapters closed and their counts summed; None if the run sent nothing."""
+        if self._adapters is None or self._limit is None:
+            return None
+        return close_and_report(self._adapters, self._limit, time.monotonic() - self._sending_since)
+
+    def kill(self) -> None:
+        for adapter in self._adapters or []:
+            ray.kill(adapter)
 
 
 @dataclass(frozen=True)
@@ -141,18 +169,20 @@ class _Run:
 
     def __init__(
         self,
-        dispatcher: Dispatcher[_Sent],
+        senders: _Senders,
         out: OutputWriter,
         summary: RunSummary,
         budget: Budget | None,
         prices: PriceTable,
         progress: ProgressBar | None,
         ctrl_c: CtrlC,
-        deadline: float | None = None,
+        deadline_s: float | None = None,
     ) -> None:
-        self._dispatcher = dispatcher
+        self._senders = senders
         self._ctrl_c = ctrl_c
-        self._deadline = deadline
+        self._deadline_s = deadline_s
+        self._deadline: float | None = None
+        """``deadline_s`` after the adapters are up."""
         self._out = out
         self._summary = summary
         self._budget = budget
@@ -173,21 +203,25 @@ class _Run:
                 self._write(problem_record(item))
             else:
                 self._send(item)
-        self._dispatcher.input_done()
-        while self._dispatcher.in_flight:
-            self._collect()
+        if (dispatcher := self._senders.dispatcher) is not None:
+            dispatcher.input_done()
+            while dispatcher.in_flight:
+                self._collect()
 
     def drain(self, *, deadline: float) -> None:
         """After Ctrl-C: nothing more is sent, not even what waits in the adapters' queues;
         keep what finishes before the deadline (or a second Ctrl-C). The rest is sent again
         by the next run, and counted in the summary as abandoned."""
+        dispatcher = self._senders.dispatcher
+        if dispatcher is None:
+            return
         try:
-            self._dispatcher.cancel_waiting()
-            while self._dispatcher.in_flight and (remaining := deadline - time.monotonic()) > 0:
+            dispatcher.cancel_waiting()
+            while dispatcher.in_flight and (remaining := deadline - time.monotonic()) > 0:
                 self._collect(timeout=remaining)
         except KeyboardInterrupt:
             pass
-        self._summary.abandoned = self._dispatcher.in_flight
+        self._summary.abandoned = dispatcher.in_flight
 
     def _send(self, request: InputRequest) -> None:
         self._check_deadline()
@@ -199,9 +233,24 @@ class _Run:
             reservation = self._reserve(request, self._budget)
             if reservation is None:
                 return
-        self._dispatcher.send(_Sent(request, reservation or 0), request.task)
-        while not self._dispatcher.has_room:
+        dispatcher = self._dispatcher()
+        dispatcher.send(_Sent(request, reservation or 0), request.task)
+        while not dispatcher.has_room:
             self._collect()
+
+    def _dispatcher(self) -> Dispatcher[_Sent]:
+        """The run's dispatcher, its adapters started on the first request to send. Ctrl-C
+        while they start (seconds, Ray's own start included) stops the run at once."""
+        if self._senders.dispatcher is not None:
+            return self._senders.dispatcher
+        with self._ctrl_c.raising():
+            dispatcher = self._senders.start()
+        if self._deadline_s is not None:
+            self._deadline = time.monotonic() + self._deadline_s
+        return dispatcher
+
+    def _in_flight(self) -> int:
+        return 0 if self._senders.dispatcher is None else self._senders.dispatcher.in_flight
 
     def _reserve(self, request: InputRequest, budget: Budget) -> int | None:
         """Hold the request's worst case, waiting for requests in flight to settle while
@@ -214,7 +263,7 @@ class _Run:
             self._not_run(request, UNPRICED, f"not sent: no price for model {request.task.model!r}, so --budget-usd cannot bound it")
             return None
         while (reservation := budget.try_reserve(worst)) is None:
-            if not self._dispatcher.in_flight:
+            if not self._in_flight():
                 budget.close()
                 self._not_run(request, BUDGET_EXHAUSTED, f"not sent: its worst case ${worst:.6f} does not fit in the budget left")
                 return None
@@ -224,11 +273,13 @@ class _Run:
     def _collect(self, timeout: float | None = None) -> None:
         """Wait up to ``timeout`` (None: until something finishes) in short slices, so a
         Ctrl-C is noticed even if Ray swallowed its KeyboardInterrupt."""
+        dispatcher = self._senders.dispatcher
+        assert dispatcher is not None, "collecting only with requests in flight"
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             self._ctrl_c.raise_if_pressed()  # before taking results, never between taking and writing them
             wait_s = WAIT_SLICE_S if deadline is None else max(min(WAIT_SLICE_S, deadline - time.monotonic()), 0.0)
-            finished = self._dispatcher.collect(timeout=wait_s)
+            finished = dispatcher.collect(timeout=wait_s)
             if not finished:
                 self._check_deadline()
             if finished or (deadline is not None and time.monotonic() >= deadline):

@@ -37,23 +37,22 @@ RUNNING_PROBE_S = 0.5
 PLACEMENT_NOTICE_S = 15.0
 """Adapters not all up after this long are waiting for room: the user is told why nothing happens."""
 JOIN_PROBE_S = 3.0
-"""How long a cluster that ``connect(join_only=True)`` is given gets to accept a connection
-(Ray itself waits minutes for an address where nothing answers)."""
+"""How long the cluster at a given address gets to accept a connection (Ray itself waits
+minutes for an address where nothing answers)."""
 
 
 def connect(address: str | None, *, join_only: bool = False) -> None:
     """Join the cluster at ``address``; without one, ``RAY_ADDRESS`` (as ``ray job submit``
     sets it), else a Ray already running on this machine (``ray start --head`` once, and
     each run starts in seconds), else a new local one for this run. A no-op when already
-    connected. ``join_only`` (``rayfan status``): never start a Ray, fail at once where
-    nothing answers, and leave the workers' logs where they are."""
+    connected. An address where nothing answers fails at once. ``join_only`` (``rayfan
+    status``): never start a Ray, and leave the workers' logs where they are."""
     if ray.is_initialized():
         if log.isEnabledFor(logging.INFO):
             log.info("Ray: the one this process has joined already, %s", _describe_nodes())
         return
     address = address or os.environ.get("RAY_ADDRESS") or _running_here()
-    if join_only:
-        _check_answers(address)
+    _check_answers(address, join_only=join_only)
     try:
         with _working_directory(_PACKAGES_ROOT), _quiet_if_local(address):
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=not join_only, include_dashboard=False)
@@ -127,9 +126,11 @@ def _answers(address: str, timeout_s: float) -> bool | None:
         return False
 
 
-def _check_answers(address: str) -> None:
+def _check_answers(address: str, *, join_only: bool) -> None:
     if address == "local":
-        raise ConfigError("no Ray cluster runs on this machine: start one (`ray start --head`), or give --address or RAY_ADDRESS")
+        if join_only:
+            raise ConfigError("no Ray cluster runs on this machine: start one (`ray start --head`), or give --address or RAY_ADDRESS")
+        return
     if _answers(address, JOIN_PROBE_S) is False:
         raise ConfigError(f"nothing answers at {address}: is the Ray cluster up, and is that its address?")
 
@@ -157,7 +158,7 @@ def start_adapters(
     adapters = AdapterGroup(recipe, shares, _placements(count) if not cpus else ["SPREAD"] * count)
     try:
         infos = _check_started(adapters)
-    except ConfigError:
+    except BaseException:  # one could not start, or Ctrl-C: none is left behind
         for adapter in adapters:
             ray.kill(adapter)
         raise

@@ -10,8 +10,10 @@ KeyboardInterrupt at its own safe points for a press it has not acknowledged yet
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -23,15 +25,32 @@ class CtrlC:
         self._presses = 0
         self._acknowledged = 0
         self._previous: Any = None
+        self._installed = False
 
     def __enter__(self) -> CtrlC:
         if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
             self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+            self._installed = True
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if self._previous is not None:
+        if self._installed:
             signal.signal(signal.SIGINT, self._previous)
+            self._installed = False
+
+    @contextlib.contextmanager
+    def raising(self) -> Iterator[None]:
+        """Ctrl-C raised at once, wherever it lands, for a step that holds no results to lose
+        and blocks for seconds without a safe point (Ray and the adapters starting)."""
+        self.raise_if_pressed()
+        if not self._installed:
+            yield
+            return
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, self._on_sigint)
 
     def acknowledge(self) -> None:
         """The interruption so far is being handled; only a further press counts."""

@@ -39,3 +39,22 @@ def test_outside_the_block_ctrl_c_interrupts_as_usual() -> None:
         pass
     with pytest.raises(KeyboardInterrupt):
         press_ctrl_c()
+
+
+def test_while_raising_a_press_interrupts_where_it_lands_and_is_counted_again_after() -> None:
+    """For a blocking step with no results to lose (Ray and the adapters starting)."""
+    with CtrlC() as ctrl_c:
+        with pytest.raises(KeyboardInterrupt), ctrl_c.raising():
+            press_ctrl_c()
+            pytest.fail("the press did not interrupt the step")
+        press_ctrl_c()  # counted again, not raised
+        with pytest.raises(KeyboardInterrupt):
+            ctrl_c.raise_if_pressed()
+
+
+def test_a_press_counted_before_a_raising_step_stops_it_from_starting() -> None:
+    with CtrlC() as ctrl_c:
+        press_ctrl_c()
+        with pytest.raises(KeyboardInterrupt), ctrl_c.raising():
+            pytest.fail("the step started after a press")
+        ctrl_c.raise_if_pressed()  # that press was raised once
