@@ -109,6 +109,13 @@ class AppThread(LoopThread):
         self._runner = runner
 
     async def _close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        """Stop serving, then cut what is still open: a TLS connection's close waits for the
+        client's answer, and a loop closed with it pending hung (uvloop) or warned."""
+        if self._runner is None:
+            return
+        server = self._runner.server
+        transports = [] if server is None else [conn.transport for conn in server.connections if conn.transport is not None]
+        await self._runner.cleanup()
+        self._runner = None
+        for transport in transports:
+            transport.abort()

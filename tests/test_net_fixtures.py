@@ -10,6 +10,7 @@ import json
 import socket
 import ssl
 import struct
+import threading
 import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -62,6 +63,22 @@ def test_https_mock_server_through_connect_proxy(tls: ServerTLS) -> None:
         assert body["object"] == "chat.completion"
         assert proxy.requests == [ProxiedRequest("CONNECT", HOST, port)]
         assert [r.path for r in server.requests()] == ["/v1/chat/completions"]
+
+
+def test_a_tls_client_that_never_answers_the_close_does_not_hold_the_server_open(tls: ServerTLS) -> None:
+    """Stopping waits for no client: with the TLS connection's close still unanswered, the
+    loop's close hung (uvloop, warnings as errors), as seen once under load in CI."""
+    server = MockServer(ssl_context=tls.server_context).start()
+    client = tls.client_context().wrap_socket(socket.create_connection(("127.0.0.1", server.port)), server_hostname="127.0.0.1")
+    try:
+        client.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer sk-x\r\n\r\n")
+        assert client.recv(12).startswith(b"HTTP/1.1"), "answered, and the connection stays open (keep-alive)"
+        stopping = threading.Thread(target=server.stop, daemon=True)  # the client reads nothing more
+        stopping.start()
+        stopping.join(timeout=60)  # a bound on a hang, not a wait for a condition
+        assert not stopping.is_alive(), "the server's stop waited for the client"
+    finally:
+        client.close()
 
 
 def test_https_direct_with_ca_file(tls: ServerTLS, tmp_path: Path) -> None:
