@@ -35,8 +35,9 @@ class CtrlC:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if self._installed:
-            signal.signal(signal.SIGINT, self._previous)
             self._installed = False
+            if self._previous is not None:  # None: set outside Python, which Python cannot put back
+                signal.signal(signal.SIGINT, self._previous)
 
     @contextlib.contextmanager
     def raising(self) -> Iterator[None]:
