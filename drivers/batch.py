@@ -106,7 +106,7 @@ def run_batch(options: BatchOptions, *, progress: ProgressBar | None = None) -> 
                 summary.interrupted = True
                 summary.deadline_reached = isinstance(stop, DeadlineReached)
                 run.drain(deadline=time.monotonic() + DRAIN_ON_INTERRUPT_S)
-            summary.resent = 0 if senders.dispatcher is None else senders.dispatcher.resent
+            summary.resent = senders.resent
         summary.rate = senders.close_and_report()
     finally:
         senders.kill()
@@ -145,6 +145,14 @@ class _Senders:
         self._sending_since = time.monotonic()
         self.dispatcher = Dispatcher(self._adapters, max_in_flight=options.max_in_flight)
         return self.dispatcher
+
+    @property
+    def in_flight(self) -> int:
+        return 0 if self.dispatcher is None else self.dispatcher.in_flight
+
+    @property
+    def resent(self) -> int:
+        return 0 if self.dispatcher is None else self.dispatcher.resent
 
     def close_and_report(self) -> RateReport | None:
         """The adapters closed and their counts summed; None if the run sent nothing."""
@@ -249,9 +257,6 @@ class _Run:
             self._deadline = time.monotonic() + self._deadline_s
         return dispatcher
 
-    def _in_flight(self) -> int:
-        return 0 if self._senders.dispatcher is None else self._senders.dispatcher.in_flight
-
     def _reserve(self, request: InputRequest, budget: Budget) -> int | None:
         """Hold the request's worst case, waiting for requests in flight to settle while
         that may make room; None (and a not-run record) when it can never fit."""
@@ -263,7 +268,7 @@ class _Run:
             self._not_run(request, UNPRICED, f"not sent: no price for model {request.task.model!r}, so --budget-usd cannot bound it")
             return None
         while (reservation := budget.try_reserve(worst)) is None:
-            if not self._in_flight():
+            if not self._senders.in_flight:
                 budget.close()
                 self._not_run(request, BUDGET_EXHAUSTED, f"not sent: its worst case ${worst:.6f} does not fit in the budget left")
                 return None
