@@ -99,3 +99,7 @@ class BatchApiError(RayfanError):
 
     def __reduce__(self) -> tuple[type, tuple[str, TaskError]]:
         return type(self), (self.what, self.error)  # crosses Ray's process boundary intact
+
+
+class SpareNotTaken(RayfanError, LookupError):
+    """A spare adapter has no run yet: nothing to report on."""

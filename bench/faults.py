@@ -9,7 +9,9 @@ node num_cpus=1, no dashboard; the head's GCS with ``FAST_NODE_FAILURE`` node he
 checks unless ``--health-checks`` says otherwise), the fake endpoint in a subprocess of its
 own (this script's ``_server`` mode: a ``MockServer`` whose request log the script can read) with ``--latency``
 seconds per request, and runs each scenario as ``python -m drivers.cli run ... --address
-<cluster> --adapters K --max-in-flight W`` subprocesses into a fresh output file:
+<cluster> --adapters K --max-in-flight W --no-spares`` subprocesses into a fresh output file
+(each run starts its own adapters, which the scenarios find as the actors new since it
+started; what a taken spare does when its driver is killed is ``tests/test_spares.py``):
 
 * ``baseline``: no fault; its wall time is the reference.
 * ``adapter_kill``: at ~30% of the output, kill -9 one adapter actor's worker process.
@@ -372,7 +374,7 @@ class Run:
     def start(self) -> None:
         b = self.bench
         command = [sys.executable, "-m", "drivers.cli", "run", str(self.source), "-o", str(self.out), "--base-url", b.base_url]
-        command += ["--address", b.address, "--adapters", str(b.adapters), "--max-in-flight", str(b.max_in_flight), *self.extra_args]
+        command += ["--address", b.address, "--adapters", str(b.adapters), "--max-in-flight", str(b.max_in_flight), "--no-spares", *self.extra_args]
         env = {**os.environ, "OPENAI_API_KEY": self.key, "RAY_USAGE_STATS_ENABLED": "0"}
         env.pop("OPENAI_BASE_URL", None)
         self.known_actors |= {actor["id"] for actor in b.actors()}

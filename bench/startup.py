@@ -14,7 +14,9 @@ start and imports included), against one fake endpoint served by this process
   default adapters) that each import the SDK in a new worker process, and nothing else.
 * ``joined``: the same three against a Ray that is already running (as after ``ray start
   --head``; here a process of this bench holds one): ``ray.init(address=GCS)`` and
-  ``ray.shutdown()`` against ``rayfan run --address GCS``.
+  ``ray.shutdown()`` against ``rayfan run --address GCS``. Each run there leaves spare
+  adapters for the next (``drivers/spares.py``): the first run, which finds none, is
+  printed on its own line, and the medians are of the runs after it.
 * ``batch``: 2,000 requests with 0.5 s latency at 100 in flight (ideal 10 s): ``rayfan
   run`` with its own Ray against a one-process asyncio script (one ``AsyncOpenAI``, a
   semaphore, ``gather``), as wall-time ratio.
@@ -162,12 +164,14 @@ def scene_joined(server: MockServer, workdir: Path, repeat: int) -> None:
     try:
         assert holder.stdout is not None
         address = holder.stdout.readline().strip()
+        first = _rayfan(server, workdir, 20, address)  # no spare adapters wait yet; it leaves some
         ray_walls, floor_walls, rayfan_runs = [], [], []
         for _ in range(repeat):
             ray_walls.append(_ray_alone(address).wall_s)
             floor_walls.append(_ray_with_sdk_actors(address).wall_s)
             rayfan_runs.append(_rayfan(server, workdir, 20, address))
         _print_overheads(f"a running Ray ({address})", ray_walls, floor_walls, rayfan_runs)
+        print(f"  the first run on it (no spares yet): {first.overhead_s:6.2f} s outside its requests, {first.overhead_s - _median(ray_walls):+.2f} s over Ray's own")
     finally:
         holder.communicate(input="", timeout=120)
 

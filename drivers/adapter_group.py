@@ -47,21 +47,25 @@ class AdapterRecipe:
 
     def start(self, index: int, max_in_flight: int, placement: Any, generation: int = 0) -> ActorHandle[Any]:
         adapter_class: Any = OpenAIAdapter  # @ray.remote(max_concurrency=...) hides its ActorClass from type checkers
-        name = adapter_name(self.run, index, generation)
+        arguments = self.arguments(index, max_in_flight, generation)
         cpus = {"num_cpus": self.cpus} if self.cpus else {}
         options = adapter_class.options(
-            name=name, namespace=NAMESPACE, scheduling_strategy=placement, max_restarts=0, max_task_retries=0, **cpus
+            name=arguments["name"], namespace=NAMESPACE, scheduling_strategy=placement, max_restarts=0, max_task_retries=0, **cpus
         )
-        handle: ActorHandle[Any] = options.remote(
-            endpoint=self.endpoint,
-            model=self.model,
-            name=name,
-            retry=self.retry,
-            limit=self.limit,
-            prices=self.prices,
-            max_in_flight=max_in_flight,
-        )
+        handle: ActorHandle[Any] = options.remote(**arguments)
         return handle
+
+    def arguments(self, index: int, max_in_flight: int, generation: int = 0) -> dict[str, Any]:
+        """What adapter ``index`` is made with (``Adapter``'s keyword arguments): a new actor's, or a taken spare's."""
+        return {
+            "endpoint": self.endpoint,
+            "model": self.model,
+            "name": adapter_name(self.run, index, generation),
+            "retry": self.retry,
+            "limit": self.limit,
+            "prices": self.prices,
+            "max_in_flight": max_in_flight,
+        }
 
 
 def adapter_name(run: str, index: int, generation: int = 0) -> str:
@@ -75,8 +79,13 @@ def adapter_name(run: str, index: int, generation: int = 0) -> str:
 class AdapterGroup(list[ActorHandle[Any]]):
     """The run's adapters, in place: a replacement takes the dead one's index."""
 
-    def __init__(self, recipe: AdapterRecipe, shares: list[int], placements: list[Any]) -> None:
-        super().__init__(recipe.start(index, share, placement) for index, (share, placement) in enumerate(zip(shares, placements)))
+    def __init__(self, recipe: AdapterRecipe, shares: list[int], placements: list[Any], taken: dict[int, ActorHandle[Any]] | None = None) -> None:
+        """``taken``: spare adapters already made adapters of this run, by index; the others start here."""
+        taken = taken or {}
+        super().__init__(
+            taken[index] if index in taken else recipe.start(index, share, placement)
+            for index, (share, placement) in enumerate(zip(shares, placements))
+        )
         self.recipe = recipe
         self._shares = shares
         self.replaced = [0] * len(shares)

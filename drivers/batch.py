@@ -19,7 +19,7 @@ from actors.ratelimit.limits import Limits
 from actors.ratelimit.specs import CoordinatedLimitSpec
 from drivers.adapter_group import AdapterGroup
 from drivers.budget import Budget
-from drivers.cluster import connect, joining_limit, start_adapters
+from drivers.cluster import connect, joining_limit, placements, start_adapters
 from drivers.endpoint import describe
 from drivers.estimate import estimate_request
 from drivers.fanout import Dispatcher
@@ -39,6 +39,7 @@ from drivers.outputs import (
 from drivers.progress import ProgressBar
 from drivers.rate_report import RateReport, close_and_report
 from drivers.sorting import sort_by_line
+from drivers.spares import leave_spares
 from drivers.summary import RunSummary
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ class BatchOptions(BaseModel):
     adapters: int = Field(default=2, ge=1)
     adapter_cpus: float = Field(default=0.0, ge=0)
     """CPUs each adapter holds (``start_adapters(cpus=...)``): on an autoscaling cluster, room the autoscaler adds nodes for."""
+    spares: bool = True
+    """On a Ray that outlives the run, take spare adapters and leave some (``drivers.spares``)."""
     max_in_flight: int = Field(default=256, ge=1)
     address: str | None = None
     retry_failed: bool = False
@@ -126,11 +129,13 @@ class _Senders:
         self._adapters: AdapterGroup | None = None
         self._limit: CoordinatedLimitSpec | None = None
         self._sending_since = 0.0
+        self._outlives_us = False
+        """Whether the joined Ray outlives this run (and spares are wanted): then spare adapters wait on it between runs."""
         self.dispatcher: Dispatcher[_Sent] | None = None
 
     def start(self) -> Dispatcher[_Sent]:
         options = self._options
-        connect(options.address)
+        self._outlives_us = connect(options.address) and options.spares
         limit, join = joining_limit(options.adapters, endpoint=options.endpoint, model=options.model, limits=Limits(rpm=options.rpm, tpm=options.tpm))
         self._adapters = start_adapters(
             options.adapters,
@@ -140,6 +145,7 @@ class _Senders:
             prices=options.prices,
             max_in_flight=options.max_in_flight,
             cpus=options.adapter_cpus,
+            spares=self._outlives_us,
         )
         self._limit = limit.joined(join)  # the coordinator started with the adapters
         self._sending_since = time.monotonic()
@@ -155,12 +161,17 @@ class _Senders:
         return 0 if self.dispatcher is None else self.dispatcher.resent
 
     def close_and_report(self) -> RateReport | None:
-        """The adapters closed and their counts summed; None if the run sent nothing."""
+        """The adapters closed and their counts summed; None if the run sent nothing. On a Ray
+        that outlives the run, spares are left for the next one (``drivers.spares``)."""
         if self._adapters is None or self._limit is None:
             return None
-        return close_and_report(self._adapters, self._limit, time.monotonic() - self._sending_since)
+        report = close_and_report(self._adapters, self._limit, time.monotonic() - self._sending_since)
+        if self._outlives_us and not self._options.adapter_cpus:
+            leave_spares(placements(len(self._adapters)))
+        return report
 
     def kill(self) -> None:
+        """The adapters ended: those the run started would end with its driver, the spares it took would not."""
         for adapter in self._adapters or []:
             ray.kill(adapter)
 

@@ -26,6 +26,7 @@ from actors.ratelimit.limits import Limits
 from actors.ratelimit.specs import CoordinatedLimitSpec, LimitSpec
 from drivers.adapter_group import AdapterGroup, AdapterRecipe
 from drivers.fanout import get_each
+from drivers.spares import take_spares
 
 if TYPE_CHECKING:
     from actors.adapter.retry import RetryPolicy  # the adapter imports it, with the SDK
@@ -41,16 +42,18 @@ JOIN_PROBE_S = 3.0
 minutes for an address where nothing answers)."""
 
 
-def connect(address: str | None, *, join_only: bool = False) -> None:
+def connect(address: str | None, *, join_only: bool = False) -> bool:
     """Join the cluster at ``address``; without one, ``RAY_ADDRESS`` (as ``ray job submit``
     sets it), else a Ray already running on this machine (``ray start --head`` once, and
     each run starts in seconds), else a new local one for this run. A no-op when already
     connected. An address where nothing answers fails at once. ``join_only`` (``rayfan
-    status``): never start a Ray, and leave the workers' logs where they are."""
+    status``): never start a Ray, and leave the workers' logs where they are. True if this
+    call joined a Ray that outlives this process, where spare adapters can wait between
+    runs (not through Ray Client, whose driver is another process)."""
     if ray.is_initialized():
         if log.isEnabledFor(logging.INFO):
             log.info("Ray: the one this process has joined already, %s", _describe_nodes())
-        return
+        return False
     address = address or os.environ.get("RAY_ADDRESS") or _running_here()
     _check_answers(address, join_only=join_only)
     try:
@@ -69,6 +72,7 @@ def connect(address: str | None, *, join_only: bool = False) -> None:
         ) from error
     if log.isEnabledFor(logging.INFO):  # -v: asking for the nodes is a call to the cluster
         log.info("Ray: %s, %s", "a local one for this run" if address == "local" else f"joined {address}", _describe_nodes())
+    return address != "local" and not address.startswith("ray://")
 
 
 _PACKAGES_ROOT = Path(actors.__file__).resolve().parent.parent
@@ -145,17 +149,22 @@ def start_adapters(
     prices: PriceTable | None = None,
     max_in_flight: int | None = None,
     cpus: float = 0.0,
+    spares: bool = False,
 ) -> AdapterGroup:
     """K adapter actors spread over the nodes, once every one has started. ``endpoint`` was
     resolved on the driver (``drivers.endpoint.resolve_endpoint``); its key travels as a
     SecretStr, never in options or names that Ray lists. ``max_in_flight`` is shared out so
     that together the adapters never have more requests open (each gets at least one). The
     adapters are named after the run that joined the limit's scope, if any. With ``cpus``,
-    each holds that many CPUs, and Ray (an autoscaler adding nodes for them) places them."""
+    each holds that many CPUs, and Ray (an autoscaler adding nodes for them) places them.
+    With ``spares`` (and no ``cpus``), spare adapters waiting on the cluster are taken first
+    (``drivers.spares``)."""
     shares = _shares(max_in_flight, count) if max_in_flight is not None else [MAX_CONCURRENCY] * count
     run = getattr(limit, "run", None) or new_run()
     recipe = AdapterRecipe(run=run, endpoint=endpoint, model=model, retry=retry, limit=limit, prices=prices, cpus=cpus)
-    adapters = AdapterGroup(recipe, shares, _placements(count) if not cpus else ["SPREAD"] * count)
+    nodes: list[Any] = placements(count) if not cpus else ["SPREAD"] * count
+    taken = take_spares(recipe, shares, nodes) if spares and not cpus else {}
+    adapters = AdapterGroup(recipe, shares, nodes, taken)
     try:
         infos = _check_started(adapters)
     except BaseException:  # one could not start, or Ctrl-C: none is left behind
@@ -167,7 +176,7 @@ def start_adapters(
     return adapters
 
 
-def _placements(count: int) -> list[NodeAffinitySchedulingStrategy | str]:
+def placements(count: int) -> list[NodeAffinitySchedulingStrategy | str]:
     """Adapter ``i`` on node ``i`` mod the nodes that can hold an actor (Ray's ``SPREAD``
     alone put two of two adapters on one node of two, 5 times in 8). Soft: a node with no
     room left holds no adapter back. No such node yet (an autoscaler still to add

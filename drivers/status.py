@@ -18,11 +18,12 @@ from typing import Any, TextIO
 
 import ray
 from pydantic import BaseModel, Field
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayTaskError
 
 from actors.adapter.actor import AdapterInfo
 from actors.adapter.stats import AdapterStats
-from actors.errors import ConfigError
+from actors.adapter.spare import SPARE_NAME_PREFIX
+from actors.errors import ConfigError, SpareNotTaken
 from actors.ratelimit.coordinator import NAMESPACE, SCOPE_NAME_PREFIX
 from actors.ratelimit.limits import Limits
 from actors.ratelimit.protocol import CoordinatorSnapshot
@@ -67,6 +68,8 @@ class ClusterStatus(BaseModel):
     adapters: list[AdapterView] = Field(default_factory=list)
     silent: list[str] = Field(default_factory=list)
     """Named actors that did not answer in time (restarting, or exiting)."""
+    idle_spares: int = 0
+    """Spare adapters no run has taken yet (``drivers/spares.py``)."""
 
     @property
     def empty(self) -> bool:
@@ -104,22 +107,28 @@ def gather_status(answer_within_s: float = ANSWER_WITHIN_S) -> ClusterStatus:
             status.scopes.append(snapshot)
     for name, (info_ref, stats_ref) in sorted(adapters.items()):
         info, stats = _answer(info_ref, ready), _answer(stats_ref, ready)
-        if info is None or stats is None:
+        if info is _NOT_TAKEN:
+            status.idle_spares += 1
+        elif info is None or stats is None or stats is _NOT_TAKEN:
             silent.append(name)
-        else:
-            status.adapters.append(AdapterView(run=_run_of(name), info=info, stats=stats))
+        else:  # a taken spare goes by the adapter name its run gave it
+            status.adapters.append(AdapterView(run=_run_of(info.name), info=info, stats=stats))
     status.silent = silent
     return status
 
 
 def _named_actors() -> list[str]:
-    """rayfan's named actors: coordinators and adapters (anything else in the namespace is not ours)."""
+    """rayfan's named actors: coordinators, adapters and spares (anything else in the namespace is not ours)."""
     listed: list[dict[str, str]] = ray.util.list_named_actors(all_namespaces=True)
     return [
         entry["name"]
         for entry in listed
-        if entry["namespace"] == NAMESPACE and entry["name"].startswith((SCOPE_NAME_PREFIX, ADAPTER_NAME_PREFIX))
+        if entry["namespace"] == NAMESPACE and entry["name"].startswith((SCOPE_NAME_PREFIX, ADAPTER_NAME_PREFIX, SPARE_NAME_PREFIX))
     ]
+
+
+_NOT_TAKEN = object()
+"""What a spare no run has taken answers instead of a status."""
 
 
 def _answer(ref: ray.ObjectRef[Any], ready: set[ray.ObjectRef[Any]]) -> Any:
@@ -130,6 +139,10 @@ def _answer(ref: ray.ObjectRef[Any], ready: set[ray.ObjectRef[Any]]) -> Any:
         return ray.get(ref)
     except RayActorError:
         return None
+    except RayTaskError as error:
+        if isinstance(error.cause, SpareNotTaken):
+            return _NOT_TAKEN
+        raise
 
 
 def _run_of(name: str) -> str:
@@ -157,6 +170,8 @@ def render_status(status: ClusterStatus, *, at: datetime) -> str:
     scope_of = {run: snapshot.scope for snapshot in status.scopes for run in snapshot.run_ids}
     for run, views in runs.items():
         lines += ["", *_run_lines(run, views, scope_of.get(run))]
+    if status.idle_spares:
+        lines += ["", f"{_count(status.idle_spares, 'spare adapter')} started, waiting for the next run"]
     if status.silent:
         lines += ["", f"not answering within {ANSWER_WITHIN_S:g} s (restarting, or exiting): {', '.join(status.silent)}"]
     return "\n".join(lines)

@@ -116,13 +116,19 @@ def test_stream_result_of_a_plain_task_yields_its_text_once(server: MockServer) 
     run(body())
 
 
+async def requests_at(server: MockServer, count: int = 1) -> None:
+    """Until the server has ``count`` requests: the adapter's first send waits for its tokenizer, which takes seconds on a loaded box."""
+    deadline = time.monotonic() + 120
+    while len(server.requests()) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} requests reached the server in 120 s"
+        await asyncio.sleep(0.01)
+
+
 def test_cancel_reaches_the_socket(server: MockServer) -> None:
     async def body() -> None:
         adapter = make_adapter(server)
         task_id = await adapter.submit_task(chat("h", "wait forever [[mock hang]]"))
-        deadline = time.monotonic() + 5
-        while not server.requests() and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await requests_at(server)
         assert (await adapter.status()).in_flight == 1
         assert await adapter.cancel_task(task_id) is True
         assert await adapter.get_status(task_id) is TaskStatus.CANCELLED
@@ -141,9 +147,7 @@ def test_tasks_beyond_max_in_flight_wait_their_turn(server: MockServer) -> None:
     async def body() -> None:
         adapter = make_adapter(server, max_in_flight=2)
         ids = [await adapter.submit_task(chat(f"q{i}", f"queued {i} [[mock latency=1]]")) for i in range(5)]
-        deadline = time.monotonic() + 5
-        while len(server.requests()) < 2 and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await requests_at(server, count=2)
         statuses = [await adapter.get_status(task_id) for task_id in ids]
         info = await adapter.status()
         assert statuses == [TaskStatus.RUNNING] * 2 + [TaskStatus.PENDING] * 3, "first come, first served"
@@ -162,9 +166,7 @@ def test_cancelling_waiting_tasks_never_sends_them(server: MockServer) -> None:
         adapter = make_adapter(server, max_in_flight=1)
         running = await adapter.submit_task(chat("r", "slow [[mock latency=1]]"))
         waiting = [await adapter.submit_task(chat(f"w{i}", f"waiting {i}")) for i in range(3)]
-        deadline = time.monotonic() + 5
-        while not server.requests() and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await requests_at(server)
         assert await adapter.cancel_waiting() == 3
         cancelled = [await adapter.get_result(task_id) for task_id in waiting]
         finished = await adapter.get_result(running)
@@ -185,9 +187,7 @@ def test_hand_back_names_the_waiting_tasks_of_tagged_batches_by_position(server:
         adapter = make_adapter(server, max_in_flight=1)
         batch = asyncio.ensure_future(adapter.run_batch([chat("b0", "slow [[mock latency=1]]"), chat("b1", "one"), chat("b2", "two")], tag=7))
         untagged = await adapter.submit_task(chat("u", "not in a tagged batch"))
-        deadline = time.monotonic() + 5
-        while not server.requests() and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await requests_at(server)
         assert sorted(await adapter.hand_back_waiting()) == [(7, 1), (7, 2)]
         assert await adapter.hand_back_waiting() == [], "handed back once"
         results = await batch
