@@ -6,6 +6,8 @@ a new adapter starts in its place, as without spares."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import uuid
 from typing import Any
@@ -24,7 +26,7 @@ log = logging.getLogger(__name__)
 SPARE_IDLE_S = 900.0
 """A spare no run takes for this long exits (as an unused coordinator does)."""
 MAX_SPARES = 8
-"""At most this many spares of one code are left waiting, whatever a run's adapter count."""
+"""At most this many spares of one identity are left waiting, whatever a run's adapter count."""
 TAKE_WITHIN_S = 5.0
 """How long a run waits for spares to answer (one still starting, say); one that has not
 answered by then is not waited for, and a new adapter starts instead."""
@@ -35,10 +37,18 @@ ANY_NODE = ""
 """The node of a spare not heard from yet, or wanted for an adapter Ray places itself."""
 
 
+def spare_identity() -> str:
+    """What a spare must share with the run that takes it: the adapter's code and versions
+    (``code_identity``), and the job's runtime environment, which a spare keeps from the job
+    that started it (its packages, its variables)."""
+    environment = json.dumps(ray.get_runtime_context().runtime_env, sort_keys=True, default=str)
+    return hashlib.sha256(f"{code_identity()}|{environment}".encode()).hexdigest()[:12]
+
+
 def take_spares(recipe: AdapterRecipe, shares: list[int], placements: list[Any]) -> dict[int, ActorHandle[Any]]:
     """Spares of this code made adapters of the run, by adapter index: adapter ``i`` takes
     one on the node ``placements[i]`` names (any node for ``SPREAD``), if one waits there."""
-    waiting = {name: spare for name, spare in _waiting(spare_names(code_identity()), TAKE_WITHIN_S).items() if spare[1] != ANY_NODE}
+    waiting = {name: spare for name, spare in _waiting(spare_names(spare_identity()), TAKE_WITHIN_S).items() if spare[1] != ANY_NODE}
     picked: dict[int, ActorHandle[Any]] = {}
     for index, placement in enumerate(placements):
         node = _node_of(placement)
@@ -59,7 +69,7 @@ def leave_spares(placements: list[Any], idle_s: float = SPARE_IDLE_S) -> int:
     """Start spares so that one waits where each of ``placements`` puts an adapter (the
     run's, at most ``MAX_SPARES``), counting those already waiting; returns how many
     started. Not waited for: they start after this run."""
-    identity = code_identity()
+    identity = spare_identity()
     waiting = [node for _, node in _waiting(spare_names(identity), STARTING_S).values()]
     missing: list[Any] = []
     for placement in placements[:MAX_SPARES]:

@@ -186,8 +186,8 @@ def test_hand_back_names_the_waiting_tasks_of_tagged_batches_by_position(server:
     async def body() -> None:
         adapter = make_adapter(server, max_in_flight=1)
         batch = asyncio.ensure_future(adapter.run_batch([chat("b0", "slow [[mock latency=1]]"), chat("b1", "one"), chat("b2", "two")], tag=7))
+        await requests_at(server)  # b0 holds the one slot (submitted at once, u could have taken it first)
         untagged = await adapter.submit_task(chat("u", "not in a tagged batch"))
-        await requests_at(server)
         assert sorted(await adapter.hand_back_waiting()) == [(7, 1), (7, 2)]
         assert await adapter.hand_back_waiting() == [], "handed back once"
         results = await batch

@@ -27,11 +27,11 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.adapter.settings import EndpointSettings
-from actors.adapter.spare import SPARE_NAME_PREFIX, SpareAdapter, code_identity
+from actors.adapter.spare import SPARE_NAME_PREFIX, SpareAdapter
 from actors.ratelimit.coordinator import NAMESPACE
 from drivers.adapter_group import AdapterRecipe
 from drivers.mock import MockServer
-from drivers.spares import leave_spares, spare_names, take_spares
+from drivers.spares import leave_spares, spare_identity, spare_names, take_spares
 from drivers.status import gather_status, render_status
 from tests.conftest import TEST_KEY
 
@@ -61,7 +61,7 @@ def _waiting_spares(at_least: int) -> list[str]:
     waiting: list[str] = []
 
     def enough() -> bool:
-        waiting[:] = [name for name in spare_names(code_identity()) if _untaken(name)]
+        waiting[:] = [name for name in spare_names(spare_identity()) if _untaken(name)]
         return len(waiting) >= at_least
 
     _wait_for(enough, f"{at_least} spares up")
@@ -112,7 +112,7 @@ def test_a_taken_spare_ends_with_its_driver_killed_and_drops_what_it_had_open(tm
     run = _rayfan(source, out, server)
     try:
         _wait_for(lambda: len(server.requests()) == 6, "all six requests at the endpoint")
-        taken = [name for name in spare_names(code_identity()) if _untaken(name) is False]
+        taken = [name for name in spare_names(spare_identity()) if _untaken(name) is False]
         assert len(taken) == 2, f"the run's two adapters are spares it took: {taken}"
     finally:
         run.send_signal(signal.SIGKILL)

@@ -9,8 +9,9 @@ detached actor, which would go on sending what it had queued, and a re-run would
 again (paid twice). So a taken spare asks the GCS every ``JOB_POLL_S`` whether its run's
 job has ended and ends its process when it has: within 30 ms of a ``kill -9`` of the
 driver, against 21 ms for an owned adapter (``bench/owner_death.py``). A spare left
-untaken exits after its idle time. Its name carries ``code_identity()``, so a run never
-takes a spare of other code.
+untaken exits after its idle time. Its name carries a hash of its code and versions
+(``code_identity()``) and of its job's runtime environment (``drivers.spares.spare_identity``),
+so a run never takes a spare of other code, or one set up for another environment.
 """
 
 from __future__ import annotations
