@@ -14,6 +14,9 @@ in each design, against one Ray held by this script:
   way Ray tells a borrower that an owner died (``OwnerDiedError``): how long until it knows?
 * ``polled``: the same actor asking the GCS's job table every 20 ms whether the driver's job
   has ended (a GCS call per adapter every 20 ms, through Ray's private GCS client).
+* ``spare``: what rayfan does since (``actors/adapter/spare.py``): a spare adapter taken by
+  the driver, whose watch thread asks the same every 20 ms and ends its process; the stamp
+  is when its process is seen gone (looked for every millisecond).
 
 The owned actor stamps the wall clock into a file every 5 ms, a detached one once, on notice;
 the window is the last stamp minus the moment of the kill. Medians of ``--repeat`` runs.
@@ -30,6 +33,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 DRIVER = """
 import asyncio, logging, pathlib, sys, threading, time, ray
@@ -70,6 +75,14 @@ scene, path, POLL_JOB_S = sys.argv[2], sys.argv[3], float(sys.argv[4])
 if scene == "owned":
     actor = Owned.remote(path)
     ray.get(actor.ready.remote())
+elif scene == "spare":  # rayfan's spare adapter, taken by this driver: the end of its process is the stamp
+    sys.path.insert(0, sys.argv[5])
+    from actors.adapter.settings import EndpointSettings
+    from actors.adapter.spare import SpareAdapter
+    spare = SpareAdapter.options(name=f"owner-death-spare-{time.time_ns()}", lifetime="detached").remote(idle_s=600)
+    job = ray.get_runtime_context().get_job_id()
+    assert ray.get(spare.take.remote(job=job, endpoint=EndpointSettings(api_key="sk-owner-death"), model="gpt-4o-mini")) is not None
+    pathlib.Path(path + ".pid").write_text(str(ray.get(spare.__ray_call__.remote(lambda self: __import__("os").getpid()))))
 else:
     holder = Holder.options(name="owner-death-holder", lifetime="detached", get_if_exists=True).remote()
     warm = Warm.options(name="owner-death-warm", lifetime="detached", get_if_exists=True).remote()
@@ -93,6 +106,7 @@ SCENES = {
     "owned": "an actor the driver owns (rayfan's adapters)",
     "detached": "a detached actor told by OwnerDiedError",
     "polled": f"a detached actor asking the GCS every {POLL_JOB_S * 1000:.0f} ms",
+    "spare": "rayfan's spare adapter, taken (actors/adapter/spare.py)",
 }
 SETTLE_S = 0.3
 """After the driver says ready, before the kill: the owned actor has stamped a few times."""
@@ -109,7 +123,8 @@ def _env() -> dict[str, str]:
 def window_after_kill(address: str, scene: str, stamps: Path) -> float:
     """Seconds from the driver's SIGKILL to the actor's last stamp."""
     stamps.unlink(missing_ok=True)
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER, address, scene, str(stamps), str(POLL_JOB_S)], env=_env(), stdout=subprocess.PIPE, text=True)
+    command = [sys.executable, "-c", DRIVER, address, scene, str(stamps), str(POLL_JOB_S), str(ROOT)]
+    driver = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, text=True)
     assert driver.stdout is not None
     if driver.stdout.readline().strip() != "ready":
         driver.kill()
@@ -118,7 +133,19 @@ def window_after_kill(address: str, scene: str, stamps: Path) -> float:
     killed_at = time.time()
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
+    if scene == "spare":
+        return _process_end(int(Path(f"{stamps}.pid").read_text())) - killed_at
     return _last_stamp(stamps, scene) - killed_at
+
+
+def _process_end(pid: int) -> float:
+    """When process ``pid`` is seen gone, looking every millisecond."""
+    deadline = time.monotonic() + NOTICE_WAIT_S
+    while Path(f"/proc/{pid}").exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"spare: its process {pid} still runs {NOTICE_WAIT_S:g} s after the kill")
+        time.sleep(0.001)
+    return time.time()
 
 
 def _last_stamp(stamps: Path, scene: str) -> float:

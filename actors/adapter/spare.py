@@ -25,6 +25,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,8 @@ def code_identity() -> str:
 
 class JobWatch:
     """Ends this process once ``job`` has ended: the driver is gone, and nothing this spare
-    still has open may go on. Asks the GCS's job table, a private API of Ray; ``check``
-    says whether it answers here, before a spare agrees to be taken."""
+    still has open may go on. Asks the GCS's job table, a private API of Ray: ``take`` asks
+    once before it agrees, so a Ray where it fails gets no spare."""
 
     def __init__(self, job: str) -> None:
         self._job = job
@@ -78,8 +79,8 @@ class JobWatch:
         threading.Thread(target=self._watch, name="rayfan-job-watch", daemon=True).start()
 
     def _watch(self) -> None:
-        stop = threading.Event()
-        while not stop.wait(JOB_POLL_S):
+        while True:
+            time.sleep(JOB_POLL_S)
             try:
                 ended = self.ended()
             except Exception:  # the GCS restarting: ask again
@@ -92,7 +93,9 @@ class JobWatch:
 class _Spare(Adapter):
     """An adapter whose endpoint comes later, from the run that takes it."""
 
-    def __init__(self, *, idle_s: float) -> None:  # noqa: D107 - the adapter's __init__ runs in take()
+    def __init__(self, *, idle_s: float) -> None:
+        """``idle_s``: how long it waits untaken before it exits. The adapter's own
+        ``__init__`` runs in ``take``."""
         tune_for_many_open_requests()
         for module in _ADAPTER_IMPORTS:  # what an adapter imports (the SDK, aiohttp, tenacity): the wait a spare saves
             importlib.import_module(module)
@@ -108,8 +111,8 @@ class _Spare(Adapter):
 
     async def take(self, *, job: str, **adapter: Any) -> AdapterInfo | None:
         """Become an adapter of the run whose driver is ``job`` (the keyword arguments of
-        ``Adapter``); None if another run took this spare first, or if it cannot watch
-        the driver here (a Ray without that API): then it is no use to anyone, and exits."""
+        ``Adapter``); None if another run took this spare first. Raises, and exits, if it
+        cannot be one: the job has ended, this Ray lacks the job table's API, bad arguments."""
         if self._taken_by is not None:
             return None
         self._taken_by = job  # no await before this: two takers cannot both get here
@@ -118,7 +121,7 @@ class _Spare(Adapter):
         watch = JobWatch(job)
         try:
             if watch.ended():
-                raise RuntimeError(f"job {job} has ended already")
+                raise SpareNotTaken(f"job {job} has ended already: nobody to take this spare for")
             Adapter.__init__(self, **adapter)
         except Exception:
             log.exception("a spare adapter could not be taken; it exits")
