@@ -54,10 +54,11 @@ def connect(address: str | None, *, join_only: bool = False) -> bool:
         if log.isEnabledFor(logging.INFO):
             log.info("Ray: the one this process has joined already, %s", _describe_nodes())
         return False
-    address = address or os.environ.get("RAY_ADDRESS") or _running_here()
+    given = address or os.environ.get("RAY_ADDRESS")
+    address = given or _running_here()
     _check_answers(address, join_only=join_only)
     try:
-        with _working_directory(_PACKAGES_ROOT), _quiet_if_local(address):
+        with _working_directory(_PACKAGES_ROOT), _quiet_unless_given(address, given):
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=not join_only, include_dashboard=False)
     except AuthenticationError as error:
         raise ConfigError(
@@ -93,13 +94,14 @@ def _working_directory(path: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _quiet_if_local(address: str) -> Iterator[None]:
-    """A Ray started here for this run turns on token authentication and says so at every
-    start, to a user who did nothing wrong and has nothing to do: that notice is dropped.
-    Joining a cluster, every warning stays."""
+def _quiet_unless_given(address: str, given: str | None) -> Iterator[None]:
+    """A Ray started here for this run, or the one ``ray start`` left here, turns on token
+    authentication and says so at every join, to a user who did nothing wrong and has
+    nothing to do: that notice is dropped. Joining a cluster named by address, every
+    warning stays."""
     notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
     level = notice.level
-    if address == "local":
+    if address == "local" or given is None:
         notice.setLevel(logging.ERROR)
     try:
         yield
@@ -108,13 +110,16 @@ def _quiet_if_local(address: str) -> Iterator[None]:
 
 
 def _running_here() -> str:
-    """The address of the Ray that ``ray start`` left running on this machine, if it still
-    answers; else "local", a new Ray for this run. Ray itself would try the address that
-    ``ray start`` recorded even after that cluster died, and hang for minutes."""
+    """"auto" if the Ray that ``ray start`` left running on this machine still answers; else
+    "local", a new Ray for this run. Ray itself would try the address that ``ray start``
+    recorded even after that cluster died, and hang for minutes. "auto", not the recorded
+    address: finding the cluster itself, Ray also finds the token ``ray start`` left for
+    it (a cluster with token authentication, Ray's default, refuses a driver given its
+    address without ``RAY_AUTH_MODE=token``)."""
     recorded: str | None = read_ray_address()  # None without a record, whatever its annotation says
     if not recorded:
         return "local"
-    return recorded if _answers(recorded, RUNNING_PROBE_S) is True else "local"
+    return "auto" if _answers(recorded, RUNNING_PROBE_S) is True else "local"
 
 
 def _answers(address: str, timeout_s: float) -> bool | None:
