@@ -72,7 +72,8 @@ def connect(address: str | None, *, join_only: bool = False) -> bool:
             " with token authentication also needs RAY_AUTH_MODE=token and RAY_AUTH_TOKEN here)"
         ) from error
     if log.isEnabledFor(logging.INFO):  # -v: asking for the nodes is a call to the cluster
-        log.info("Ray: %s, %s", "a local one for this run" if address == "local" else f"joined {address}", _describe_nodes())
+        joined = "the one `ray start` left running here" if given is None else address
+        log.info("Ray: %s, %s", "a local one for this run" if address == "local" else f"joined {joined}", _describe_nodes())
     return address != "local" and not address.startswith("ray://")
 
 
