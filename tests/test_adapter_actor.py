@@ -30,7 +30,7 @@ def test_remote_methods_and_domain_errors(server: MockServer) -> None:
     result = ray.get(adapter.run.remote(chat("a", "hello there")))
     assert isinstance(result, TaskResult) and result.ok and result.cost_usd
 
-    task_id = ray.get(adapter.submit_task.remote(chat("slow", "slow [[mock latency=0.5]]")))
+    task_id = ray.get(adapter.submit_task.remote(chat("slow", "slow [[mock latency=5]]")))
     assert ray.get(adapter.get_status.remote(task_id)) in (TaskStatus.PENDING, TaskStatus.RUNNING)
     with pytest.raises(ResultTimeout):
         ray.get(adapter.get_result.remote(task_id, timeout=0.05))
