@@ -31,13 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import AsyncioActorExit
 
 from actors.accounting import tokens
 from actors.adapter.actor import MAX_CONCURRENCY, Adapter, AdapterInfo
 from actors.adapter.process_gc import tune_for_many_open_requests
 from actors.adapter.stats import AdapterStats
 from actors.errors import SpareNotTaken
+from actors.ratelimit.coordinator import exit_from_timer
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class _Spare(Adapter):
         self._taken_by: str | None = None
         self._expiry: asyncio.TimerHandle | None = None
         with contextlib.suppress(RuntimeError):  # Ray runs an async actor's __init__ on its loop
-            self._expiry = asyncio.get_running_loop().call_later(idle_s, self._exit_idle)
+            self._expiry = asyncio.get_running_loop().call_later(idle_s, exit_from_timer)
 
     def __repr__(self) -> str:  # Ray names the actor's log lines with it, before and after the take
         return super().__repr__() if hasattr(self, "name") else f"SpareAdapter(taken by job {self._taken_by})"
@@ -125,7 +125,7 @@ class _Spare(Adapter):
             Adapter.__init__(self, **adapter)
         except Exception:
             log.exception("a spare adapter could not be taken; it exits")
-            asyncio.get_running_loop().call_soon(self._exit_idle)
+            asyncio.get_running_loop().call_soon(exit_from_timer)
             raise
         watch.start()
         return await self.status()
@@ -143,13 +143,6 @@ class _Spare(Adapter):
         if self._taken_by is None:
             raise SpareNotTaken("a spare adapter, not taken by any run")
         return await super().stats()
-
-    def _exit_idle(self) -> None:
-        """Leave the cluster; ``exit_actor`` raises to unwind an actor method, and a timer has none."""
-        try:
-            ray.actor.exit_actor()  # type: ignore[no-untyped-call]  # Ray leaves it unannotated
-        except AsyncioActorExit:
-            pass
 
 
 SpareAdapter = ray.remote(max_concurrency=MAX_CONCURRENCY, max_restarts=0, max_task_retries=0)(_Spare)  # type: ignore[call-overload]  # Ray's stubs omit max_concurrency

@@ -552,10 +552,16 @@ class _CoordinatorActor(Coordinator):
         """Leave the cluster; Ray frees the name, so the next caller creates a fresh
         coordinator. ``exit_actor`` raises to unwind an actor method: a timer has none."""
         log.info("%s (%s, %s): no calls for %.0f s; exiting", self._scope, self._endpoint, self._model, self._policy.idle_expiry_s)
-        try:
-            ray.actor.exit_actor()  # type: ignore[no-untyped-call]  # Ray leaves it unannotated
-        except AsyncioActorExit:
-            pass
+        exit_from_timer()
+
+
+def exit_from_timer() -> None:
+    """End this async actor from a loop callback: ``exit_actor`` raises to unwind an actor
+    method, and a timer has none."""
+    try:
+        ray.actor.exit_actor()  # type: ignore[no-untyped-call]  # Ray leaves it unannotated
+    except AsyncioActorExit:
+        pass
 
 
 RateLimitCoordinator = ray.remote(max_restarts=-1, max_concurrency=MAX_CONCURRENCY, num_cpus=0)(_CoordinatorActor)  # type: ignore[call-overload]  # Ray's stubs omit max_concurrency
